@@ -1,0 +1,199 @@
+//! The cross-core bus: one unbounded crossbeam channel of message batches
+//! per core, paired with that core's `mio::Waker`.
+//!
+//! A core collects everything it has for another core during one loop
+//! iteration in its [`Outbox`] and sends it as one batch with one wake-up.
+//! Payloads are already encoded and reference-counted (`Utf8Bytes`), so a
+//! broadcast crosses cores without copying. The bus must not hold protocol
+//! logic: it only names the messages and moves them.
+
+use crate::proto::command::{Id, Since};
+use crossbeam_channel::{Receiver, Sender};
+use mio::Waker;
+use std::sync::Arc;
+use tungstenite::Utf8Bytes;
+
+/// A connection on some core: slab key plus the generation that guards
+/// against the key having been reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    /// Slab key on its core.
+    pub key: u32,
+    /// Generation of the connection in that slot.
+    pub generation: u32,
+}
+
+/// Where the `ack` of a publish goes.
+#[derive(Debug)]
+pub struct ReplyTo {
+    /// Core of the publishing connection.
+    pub core: usize,
+    /// The publishing connection.
+    pub conn: ConnRef,
+    /// Its command id.
+    pub id: Option<Id>,
+}
+
+/// One message between cores.
+#[derive(Debug)]
+pub enum BusMsg {
+    /// To a room's home core: add a member connection (or, with `rejoin`,
+    /// just report the room's position).
+    Join {
+        /// Room.
+        room: Arc<str>,
+        /// Core of the joining connection.
+        core: usize,
+        /// The joining connection.
+        conn: ConnRef,
+        /// Its user.
+        user: Arc<str>,
+        /// The user's display name.
+        name: Option<Arc<str>>,
+        /// Command id for the `ack`.
+        id: Option<Id>,
+        /// Recovery position.
+        since: Option<Since>,
+        /// Already a member.
+        rejoin: bool,
+    },
+    /// From the home core: the join is registered; add the member locally
+    /// and send it `frame` (the `ack`).
+    JoinAck {
+        /// Room.
+        room: Arc<str>,
+        /// The joining connection.
+        conn: ConnRef,
+        /// Its user (to undo the join if the connection is gone).
+        user: Arc<str>,
+        /// The encoded `ack`.
+        frame: Utf8Bytes,
+        /// It was a rejoin (nothing to add).
+        rejoin: bool,
+    },
+    /// To a room's home core: one member connection of `user` on `core` left.
+    Leave {
+        /// Room.
+        room: Arc<str>,
+        /// Core of the connection.
+        core: usize,
+        /// Its user.
+        user: Arc<str>,
+    },
+    /// To a room's home core: sequence and fan out a message.
+    Publish {
+        /// Room.
+        room: Arc<str>,
+        /// Where the `ack` goes (`None` for server-side publishes).
+        reply: Option<ReplyTo>,
+        /// The sender's part of the event (`"from"` and `"data"`).
+        tail: String,
+    },
+    /// From a home core: send `frame` to every local member of `room`.
+    Deliver {
+        /// Room.
+        room: Arc<str>,
+        /// The encoded event (`message`, `joined`, `left`).
+        frame: Utf8Bytes,
+    },
+    /// Send `frame` to one connection.
+    Reply {
+        /// The connection.
+        conn: ConnRef,
+        /// The encoded event.
+        frame: Utf8Bytes,
+    },
+    /// Start draining: stop accepting, tell clients to reconnect, exit.
+    Shutdown,
+}
+
+/// Senders and wakers of every core; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    senders: Arc<[Sender<Vec<BusMsg>>]>,
+    wakers: Arc<[Arc<Waker>]>,
+}
+
+impl Bus {
+    /// A bus over the given per-core senders and wakers (same order).
+    pub fn new(senders: Vec<Sender<Vec<BusMsg>>>, wakers: Vec<Arc<Waker>>) -> Self {
+        assert_eq!(senders.len(), wakers.len());
+        Bus {
+            senders: senders.into(),
+            wakers: wakers.into(),
+        }
+    }
+
+    /// Number of cores.
+    pub fn cores(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Sends a batch to `core` and wakes it. A core that has exited is
+    /// ignored (shutdown).
+    pub fn send(&self, core: usize, batch: Vec<BusMsg>) {
+        if self.senders[core].send(batch).is_ok() {
+            let _ = self.wakers[core].wake();
+        }
+    }
+}
+
+/// Per-core batching of outgoing bus messages.
+#[derive(Debug)]
+pub struct Outbox {
+    pending: Vec<Vec<BusMsg>>,
+}
+
+impl Outbox {
+    /// An outbox for `cores` destinations.
+    pub fn new(cores: usize) -> Self {
+        Outbox {
+            pending: (0..cores).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Queues `msg` for `core`.
+    pub fn push(&mut self, core: usize, msg: BusMsg) {
+        self.pending[core].push(msg);
+    }
+
+    /// Sends every non-empty batch (one wake-up per destination).
+    pub fn flush(&mut self, bus: &Bus) {
+        for (core, batch) in self.pending.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let cap = batch.capacity();
+                bus.send(core, std::mem::replace(batch, Vec::with_capacity(cap.min(256))));
+            }
+        }
+    }
+}
+
+/// Receiving end of a core: its channel.
+pub type Inbox = Receiver<Vec<BusMsg>>;
+
+/// The home core of `room`: a stable FNV-1a hash modulo the core count, the
+/// same on every core and every run.
+pub fn home_core(room: &str, cores: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % cores as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_core_is_stable_and_spreads() {
+        assert_eq!(home_core("lobby", 1), 0);
+        assert_eq!(home_core("lobby", 4), home_core("lobby", 4));
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[home_core(&format!("room-{i}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+}

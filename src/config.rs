@@ -1,0 +1,519 @@
+//! Configuration: defaults, then a TOML file, then `CORECAST_*` environment
+//! variables, then command-line flags (later layers win), validated once at
+//! start into a [`Config`].
+//!
+//! Owns the public names of PROTOCOL section 8 (keys, variables, flags) and
+//! their defaults (the `DEFAULT_*` constants). It must not read the
+//! configuration anywhere else or hold runtime state: the server gets an
+//! immutable, validated `Config` and nothing else.
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Default listen address: loopback only, so a server started by accident
+/// is not reachable from the network.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default WebSocket ping interval, seconds.
+pub const DEFAULT_HEARTBEAT: u64 = 25;
+/// Default drain deadline on SIGTERM/SIGINT, seconds.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 10;
+/// Default time to authenticate (and to send the HTTP request head), seconds.
+pub const DEFAULT_AUTH_TIMEOUT: u64 = 10;
+/// Default grace after a token expires before the connection is closed, seconds.
+pub const DEFAULT_EXPIRY_GRACE: u64 = 30;
+/// Default maximum number of WebSocket connections per server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+/// Default maximum size of a publish's `data`, bytes.
+pub const DEFAULT_MAX_MESSAGE: usize = 65_536;
+/// Default maximum rooms per connection.
+pub const DEFAULT_MAX_ROOMS: usize = 100;
+/// Default command rate per connection, per second.
+pub const DEFAULT_RATE_PER_SEC: f64 = 20.0;
+/// Default burst of the per-connection token bucket.
+pub const DEFAULT_RATE_BURST: f64 = 40.0;
+/// Default seconds of an empty bucket before a connection is closed with 4008.
+pub const DEFAULT_RATE_KICK_AFTER: u64 = 10;
+/// Default outbound backlog per connection before it is closed with 4009, bytes.
+pub const DEFAULT_MAX_BACKLOG: usize = 1_048_576;
+/// Default tungstenite read buffer per connection, bytes (its own default,
+/// 128 KiB, is allocated per connection and zero-filled on every read).
+pub const DEFAULT_READ_BUFFER: usize = 4096;
+/// Default largest message on the `/echo` route (Autobahn sends 16 MiB).
+pub const DEFAULT_ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// A whole-server configuration. Build it with [`Config::load`] (file, env,
+/// flags) or start from [`Config::default`] in code and call
+/// [`Config::validate`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; every core binds it with SO_REUSEPORT. Port 0
+    /// picks a free port (tests).
+    #[serde(deserialize_with = "lenient_string")]
+    pub listen: String,
+    /// Number of core loops (threads); 0 = one per CPU.
+    pub cores: usize,
+    /// Pin each core loop to a CPU (core i to CPU i mod CPUs).
+    pub pin: bool,
+    /// Serve the raw `/echo` route (conformance tests and benchmarks).
+    pub echo: bool,
+    /// WebSocket ping interval, seconds; silent for 2 intervals = dropped.
+    pub heartbeat: u64,
+    /// Drain deadline on shutdown, seconds.
+    pub shutdown_timeout: u64,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[auth]`: JWT verification and the default room policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret. Unset = no tokens can be verified (anonymous only).
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub secret: Option<String>,
+    /// Allow connections without a token. Unset = true without a secret,
+    /// false with one.
+    pub anonymous: Option<bool>,
+    /// Seconds to send the HTTP request head and, once upgraded, to authenticate.
+    pub timeout: u64,
+    /// Keys for the HTTP API (`Authorization: Bearer <key>`).
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub api_keys: Vec<String>,
+    /// Seconds between `token_expired` and close 4001.
+    pub expiry_grace: u64,
+    /// Room patterns for tokens without a `rooms` claim and for anonymous users.
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub default_rooms: Vec<String>,
+    /// Refuse tokens without an `exp` claim.
+    pub require_exp: bool,
+}
+
+/// `[limits]`: per-server and per-connection bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// WebSocket connections per server; beyond it the upgrade gets 503.
+    pub max_connections: usize,
+    /// Largest `data` of a publish, bytes; a frame may be 1 KiB larger.
+    pub max_message: usize,
+    /// Rooms per connection.
+    pub max_rooms: usize,
+    /// Commands per second per connection (token bucket refill).
+    pub rate_per_sec: f64,
+    /// Token bucket size.
+    pub rate_burst: f64,
+    /// Seconds of an empty bucket before close 4008.
+    pub rate_kick_after: u64,
+    /// Outbound bytes queued per connection before close 4009.
+    pub max_backlog: usize,
+    /// tungstenite read buffer per connection, bytes.
+    pub read_buffer: usize,
+    /// Largest message on `/echo`, bytes.
+    pub echo_max_message: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.to_string(),
+            cores: 0,
+            pin: true,
+            echo: false,
+            heartbeat: DEFAULT_HEARTBEAT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret: None,
+            anonymous: None,
+            timeout: DEFAULT_AUTH_TIMEOUT,
+            api_keys: Vec::new(),
+            expiry_grace: DEFAULT_EXPIRY_GRACE,
+            default_rooms: vec!["*".to_string()],
+            require_exp: false,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_message: DEFAULT_MAX_MESSAGE,
+            max_rooms: DEFAULT_MAX_ROOMS,
+            rate_per_sec: DEFAULT_RATE_PER_SEC,
+            rate_burst: DEFAULT_RATE_BURST,
+            rate_kick_after: DEFAULT_RATE_KICK_AFTER,
+            max_backlog: DEFAULT_MAX_BACKLOG,
+            read_buffer: DEFAULT_READ_BUFFER,
+            echo_max_message: DEFAULT_ECHO_MAX_MESSAGE,
+        }
+    }
+}
+
+/// A configuration that could not be loaded or is invalid; the message names
+/// the key and what is wrong with it.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Values given as command-line flags; `None` = not given.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--cores`
+    pub cores: Option<usize>,
+    /// `--echo`
+    pub echo: Option<bool>,
+}
+
+impl Config {
+    /// Loads defaults <- `file` (if any) <- `CORECAST_*` from `env` <- `flags`,
+    /// then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        if let Some(listen) = &flags.listen {
+            table.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        if let Some(cores) = flags.cores {
+            table.insert("cores".into(), toml::Value::Integer(cores as i64));
+        }
+        if let Some(echo) = flags.echo {
+            table.insert("echo".into(), toml::Value::Boolean(echo));
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError(format!("config key `{}`: {}", e.path(), e.inner())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return err(format!(
+                "listen: {:?} is not an IP:PORT address (e.g. 127.0.0.1:8080)",
+                self.listen
+            ));
+        }
+        if self.cores > 1024 {
+            return err(format!("cores: {} is more than 1024", self.cores));
+        }
+        if !(1..=3600).contains(&self.heartbeat) {
+            return err(format!("heartbeat: {} must be 1..=3600 seconds", self.heartbeat));
+        }
+        if !(1..=3600).contains(&self.shutdown_timeout) {
+            return err(format!(
+                "shutdown_timeout: {} must be 1..=3600 seconds",
+                self.shutdown_timeout
+            ));
+        }
+        let a = &self.auth;
+        if let Some(secret) = &a.secret
+            && secret.len() < 8
+        {
+            return err("auth.secret: must be at least 8 bytes".into());
+        }
+        if a.secret.is_none() && a.anonymous == Some(false) {
+            return err(
+                "auth.anonymous = false needs auth.secret (nobody could authenticate)".into(),
+            );
+        }
+        if !(1..=3600).contains(&a.timeout) {
+            return err(format!("auth.timeout: {} must be 1..=3600 seconds", a.timeout));
+        }
+        if a.expiry_grace > 86_400 {
+            return err(format!("auth.expiry_grace: {} is more than a day", a.expiry_grace));
+        }
+        for k in &a.api_keys {
+            if k.len() < 8 {
+                return err("auth.api_keys: every key must be at least 8 bytes".into());
+            }
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return err("limits.max_connections: must be at least 1".into());
+        }
+        if !(16..=16 * 1024 * 1024).contains(&l.max_message) {
+            return err(format!(
+                "limits.max_message: {} must be 16..=16777216 bytes",
+                l.max_message
+            ));
+        }
+        if !(1..=100_000).contains(&l.max_rooms) {
+            return err(format!("limits.max_rooms: {} must be 1..=100000", l.max_rooms));
+        }
+        if !(l.rate_per_sec > 0.0 && l.rate_per_sec.is_finite()) {
+            return err(format!("limits.rate_per_sec: {} must be > 0", l.rate_per_sec));
+        }
+        if !(l.rate_burst >= 1.0 && l.rate_burst.is_finite()) {
+            return err(format!("limits.rate_burst: {} must be >= 1", l.rate_burst));
+        }
+        if !(1..=86_400).contains(&l.rate_kick_after) {
+            return err(format!(
+                "limits.rate_kick_after: {} must be 1..=86400 seconds",
+                l.rate_kick_after
+            ));
+        }
+        if l.max_backlog < 4096 {
+            return err(format!(
+                "limits.max_backlog: {} must be at least 4096 bytes",
+                l.max_backlog
+            ));
+        }
+        if l.max_backlog <= l.max_message + 1024 {
+            return err(format!(
+                "limits.max_backlog: {} must exceed limits.max_message + 1024 ({})",
+                l.max_backlog,
+                l.max_message + 1024
+            ));
+        }
+        if !(256..=1024 * 1024).contains(&l.read_buffer) {
+            return err(format!(
+                "limits.read_buffer: {} must be 256..=1048576 bytes",
+                l.read_buffer
+            ));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&l.echo_max_message) {
+            return err(format!(
+                "limits.echo_max_message: {} must be 1024..=268435456 bytes",
+                l.echo_max_message
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listen address (validated).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated listen address")
+    }
+
+    /// Whether connections without a token are accepted.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.auth.anonymous.unwrap_or(self.auth.secret.is_none())
+    }
+
+    /// Number of core loops to run (resolves 0 = all CPUs).
+    pub fn core_count(&self) -> usize {
+        if self.cores > 0 {
+            self.cores
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// Applies `CORECAST_KEY` (top level) and `CORECAST_SECTION__KEY` variables.
+/// Values are read as TOML values when they parse as one (`10`, `true`,
+/// `["a","b"]`), else as strings; string keys accept either.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("CORECAST_") else {
+            continue;
+        };
+        if rest.is_empty() || rest == "LOG" {
+            continue; // CORECAST_LOG is the log filter, not a config key
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.len() > 2 || path.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError(format!(
+                "{name}: expected CORECAST_KEY or CORECAST_SECTION__KEY"
+            )));
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let slot = if path.len() == 2 {
+            let section = table
+                .entry(path[0].clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match section {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{name}: `{}` is not a section",
+                        path[0]
+                    )));
+                }
+            }
+        } else {
+            &mut *table
+        };
+        slot.insert(path[path.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+/// A string that may have been typed as a number or bool (from the environment).
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => s,
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => {
+            return Err(de::Error::custom(format!(
+                "expected a string, found {}",
+                other.type_str()
+            )));
+        }
+    })
+}
+
+fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    lenient_string(d).map(Some)
+}
+
+/// A list of strings, or one comma-separated string (`a,b,c`).
+fn lenient_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()),
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                other => Err(de::Error::custom(format!(
+                    "expected a list of strings, found {}",
+                    other.type_str()
+                ))),
+            })
+            .collect(),
+        other => Err(de::Error::custom(format!(
+            "expected a list of strings, found {}",
+            other.type_str()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_anonymous() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert!(c.anonymous_allowed());
+        assert_eq!(c.limits.max_message, DEFAULT_MAX_MESSAGE);
+        assert!(c.core_count() >= 1);
+    }
+
+    #[test]
+    fn layering_file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("corecast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nheartbeat = 5\n[auth]\nsecret = \"file-secret-123\"\n[limits]\nmax_rooms = 7\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("CORECAST_HEARTBEAT", "6"),
+                ("CORECAST_AUTH__SECRET", "12345678"),
+                ("CORECAST_LIMITS__MAX_ROOMS", "8"),
+                ("CORECAST_AUTH__API_KEYS", "key-one-1,key-two-2"),
+                ("OTHER", "x"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:9001".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9001");
+        assert_eq!(c.heartbeat, 6);
+        assert_eq!(c.auth.secret.as_deref(), Some("12345678")); // numeric-looking string
+        assert_eq!(c.limits.max_rooms, 8);
+        assert_eq!(c.auth.api_keys, vec!["key-one-1", "key-two-2"]);
+        assert!(!c.anonymous_allowed(), "a secret turns anonymous off");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::load(None, env(&[("CORECAST_HEARTBEAT", "0")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.0.contains("heartbeat"), "{e}");
+        let e = Config::load(None, env(&[("CORECAST_NOPE", "1")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.0.contains("nope"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("CORECAST_LISTEN", "localhost")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("listen"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("CORECAST_AUTH__ANONYMOUS", "false")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("auth.secret"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("CORECAST_LIMITS__MAX_MESSAGE", "\"big\"")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("max_message"), "{e}");
+    }
+}

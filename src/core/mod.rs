@@ -1,0 +1,1421 @@
+//! The core loop: the only code that touches mio and sockets.
+//!
+//! One [`Core`] runs per thread (pinned). It owns its SO_REUSEPORT listener,
+//! its `mio::Poll`, a `Slab` of connections, the local room index, the rooms
+//! whose home it is, a timer wheel and scratch buffers. Per loop iteration
+//! it: handles socket readiness (accept until WouldBlock, read each ready
+//! connection up to a budget), drains its bus inbox, fires due timers, then
+//! flushes every connection that got output exactly once and sends each
+//! other core one batch. It must not block (no disk, DNS or locks) and must
+//! not share connections with other threads: everything crossing cores goes
+//! over the bus.
+
+pub mod http;
+pub mod listener;
+
+use crate::auth::{Authenticator, Identity, unix_now};
+use crate::bus::{Bus, BusMsg, ConnRef, Inbox, Outbox, ReplyTo, home_core};
+use crate::config::Config;
+use crate::proto::command::CommandParser;
+use crate::proto::event::{self, Event};
+use crate::proto::session::{Ctx, Output, Session, SessionConfig};
+use crate::proto::close;
+use crate::rooms::{HomeRooms, LocalRooms, Member};
+use crate::timer::TimerWheel;
+use http::{Route, check_upgrade, error_response, json_response, switching_protocols};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Message, Utf8Bytes};
+
+/// Token of the core's listener.
+pub const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the core's bus waker.
+pub const WAKER: Token = Token(usize::MAX - 2);
+
+/// Timer wheel tick, ms: the resolution of every timeout.
+const TICK_MS: u64 = 100;
+/// Timer wheel slots (one turn = 102.4 s).
+const WHEEL_SLOTS: usize = 1024;
+/// Frames read from one connection before others get a turn.
+const READ_BUDGET: usize = 64;
+/// Bus batches handled per iteration before sockets get a turn.
+const BUS_BUDGET: usize = 256;
+/// Time a closing connection gets to finish the close handshake, ms.
+const CLOSE_TIMEOUT_MS: u64 = 5000;
+/// Pause after accept fails for lack of file descriptors or memory, ms.
+const ACCEPT_RETRY_MS: u64 = 100;
+/// How often idle home rooms are swept, ms.
+const SWEEP_MS: u64 = 60_000;
+/// Home rooms without members are forgotten after this long idle, ms.
+const ROOM_IDLE_MS: u64 = 600_000;
+/// Longest poll sleep, ms (keeps the liveness stamp for `/health` fresh).
+const MAX_SLEEP_MS: u64 = 250;
+/// Range of the jittered `after_ms` of `reconnect` on shutdown.
+const RECONNECT_JITTER_MS: (u64, u64) = (100, 5000);
+
+/// Liveness and size of one core, written by that core, read by `/health`.
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    /// Monotonic ms of the core's last loop iteration.
+    pub last_loop_ms: AtomicU64,
+    /// Connections held (all states).
+    pub connections: AtomicUsize,
+}
+
+/// State shared read-only by all cores (plus a few counters written on
+/// connect/disconnect, never per message).
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// Session settings derived from it.
+    pub session: SessionConfig,
+    /// Token verification.
+    pub auth: Authenticator,
+    /// tungstenite settings for `/ws`.
+    pub ws_config: WebSocketConfig,
+    /// tungstenite settings for `/echo`.
+    pub echo_config: WebSocketConfig,
+    /// Per-core liveness.
+    pub cores: Vec<CoreStats>,
+    /// WebSocket connections on the whole server (checked against
+    /// `max_connections` at upgrade).
+    pub connections: AtomicUsize,
+    started: Instant,
+}
+
+impl Shared {
+    /// Builds the shared state for `cores` cores.
+    pub fn new(config: Config, cores: usize) -> Self {
+        let l = &config.limits;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(l.read_buffer)
+            // Never write to the socket from inside `write`: the loop flushes
+            // each connection once per iteration (one syscall, many frames).
+            .write_buffer_size(l.max_backlog - 1)
+            .max_write_buffer_size(l.max_backlog)
+            .max_message_size(Some(l.max_message + 1024))
+            .max_frame_size(Some(l.max_message + 1024));
+        let echo_backlog = 2 * l.echo_max_message + 1024;
+        let echo_config = WebSocketConfig::default()
+            .read_buffer_size(l.read_buffer)
+            .write_buffer_size(echo_backlog - 1)
+            .max_write_buffer_size(echo_backlog)
+            .max_message_size(Some(l.echo_max_message))
+            .max_frame_size(Some(l.echo_max_message));
+        Shared {
+            session: SessionConfig::from_config(&config),
+            auth: Authenticator::new(
+                config.auth.secret.as_deref(),
+                config.auth.require_exp,
+                &config.auth.default_rooms,
+            ),
+            ws_config,
+            echo_config,
+            cores: (0..cores).map(|_| CoreStats::default()).collect(),
+            connections: AtomicUsize::new(0),
+            started: Instant::now(),
+            config,
+        }
+    }
+
+    /// Monotonic milliseconds since the server started.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether every core finished a loop iteration within the last second.
+    pub fn all_cores_alive(&self) -> bool {
+        let now = self.now_ms();
+        self.cores
+            .iter()
+            .all(|c| now.saturating_sub(c.last_loop_ms.load(Ordering::Relaxed)) <= 1000)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    /// The HTTP request head (and response) must be done by now.
+    Handshake,
+    /// Ping, or drop a connection silent for two intervals.
+    Heartbeat,
+    /// In-band auth must have happened by now.
+    Auth,
+    /// The token's `exp` may have passed.
+    Expiry,
+    /// The grace after `token_expired` ends.
+    ExpiryGrace,
+    /// A closing connection must be gone by now.
+    CloseDeadline,
+    /// Try accepting again after running out of descriptors.
+    AcceptRetry,
+    /// Forget idle home rooms.
+    Sweep,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    key: u32,
+    generation: u32,
+    kind: TimerKind,
+}
+
+/// A connection before the WebSocket upgrade (or a plain HTTP exchange).
+#[derive(Debug, Default)]
+struct HttpConn {
+    /// Request head bytes read so far.
+    buf: Vec<u8>,
+    /// Response being written.
+    out: Vec<u8>,
+    written: usize,
+    then: Then,
+    /// The response was sent and the write side shut: read and discard until
+    /// the client closes (so the response is not lost to a reset).
+    lingering: bool,
+}
+
+#[derive(Debug, Default)]
+enum Then {
+    /// Nothing decided yet (still reading the head).
+    #[default]
+    Reading,
+    /// Close after the response.
+    Close,
+    /// Become a WebSocket after the 101.
+    Upgrade(Box<Upgrade>),
+}
+
+#[derive(Debug)]
+struct Upgrade {
+    echo: bool,
+    identity: Option<Identity>,
+    leftover: Vec<u8>,
+}
+
+/// A WebSocket connection.
+struct WsConn {
+    ctx: WebSocketContext,
+    /// Protocol state (`None` on `/echo`).
+    session: Option<Session>,
+    last_rx_ms: u64,
+    /// In the core's dirty list (flush at the end of this iteration).
+    dirty: bool,
+    /// A join is out at another core; read nothing until it is answered.
+    blocked: bool,
+    /// We sent (or are sending) a close frame.
+    closing: bool,
+}
+
+enum State {
+    Http(Box<HttpConn>),
+    Ws(Box<WsConn>),
+}
+
+struct Conn {
+    stream: TcpStream,
+    generation: u32,
+    /// Counted in `Shared::connections`.
+    counted: bool,
+    state: State,
+}
+
+/// What to do with a connection found to need closing mid-iteration.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// WebSocket close frame with this code and reason.
+    Ws(u16, &'static str),
+    /// Drop the TCP connection (I/O error).
+    Drop(&'static str),
+}
+
+/// Everything a core thread needs to start.
+pub struct CoreInit {
+    /// Core index.
+    pub id: usize,
+    /// Its poll (the waker is registered on it with [`WAKER`]).
+    pub poll: Poll,
+    /// Its listener.
+    pub listener: std::net::TcpListener,
+    /// Its bus inbox.
+    pub inbox: Inbox,
+    /// All cores' senders.
+    pub bus: Bus,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+}
+
+/// One core loop and everything it owns.
+pub struct Core {
+    id: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    accept_paused: bool,
+    last_accept_warn_ms: u64,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    rooms: LocalRooms,
+    home: HomeRooms,
+    wheel: TimerWheel<Timer>,
+    inbox: Inbox,
+    bus: Bus,
+    outbox: Outbox,
+    parser: CommandParser,
+    outputs: Vec<Output>,
+    expired: Vec<Timer>,
+    dirty: Vec<usize>,
+    runnable: Vec<(usize, u32)>,
+    to_close: Vec<(usize, u32, Closing)>,
+    cores_scratch: Vec<usize>,
+    read_buf: Box<[u8]>,
+    rng: fastrand::Rng,
+    shared: Arc<Shared>,
+    draining_until: Option<u64>,
+    more_bus: bool,
+    now_ms: u64,
+    unix_s: u64,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn ws_would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if would_block(io))
+}
+
+impl Core {
+    /// Sets up a core from its init bundle (on the core's own thread).
+    pub fn new(init: CoreInit) -> io::Result<Core> {
+        let mut listener = TcpListener::from_std(init.listener);
+        init.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = init.shared.now_ms();
+        let cores = init.bus.cores();
+        let mut core = Core {
+            id: init.id,
+            poll: init.poll,
+            listener: Some(listener),
+            accept_paused: false,
+            last_accept_warn_ms: 0,
+            conns: Slab::with_capacity(1024),
+            next_generation: 0,
+            rooms: LocalRooms::default(),
+            home: HomeRooms::new(cores, ROOM_IDLE_MS),
+            wheel: TimerWheel::new(WHEEL_SLOTS, TICK_MS, now),
+            inbox: init.inbox,
+            bus: init.bus,
+            outbox: Outbox::new(cores),
+            parser: CommandParser::new(),
+            outputs: Vec::new(),
+            expired: Vec::new(),
+            dirty: Vec::new(),
+            runnable: Vec::new(),
+            to_close: Vec::new(),
+            cores_scratch: Vec::new(),
+            read_buf: vec![0; http::MAX_HEAD].into_boxed_slice(),
+            rng: fastrand::Rng::new(),
+            shared: init.shared,
+            draining_until: None,
+            more_bus: false,
+            now_ms: now,
+            unix_s: unix_now(),
+        };
+        core.wheel.insert(
+            now + SWEEP_MS,
+            Timer {
+                key: 0,
+                generation: 0,
+                kind: TimerKind::Sweep,
+            },
+        );
+        Ok(core)
+    }
+
+    /// Runs the loop until a drain completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                warn!(core = self.id, error = %e, "poll failed; core exits");
+                break;
+            }
+            self.now_ms = self.shared.now_ms();
+            self.unix_s = unix_now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        self.conn_event(key, readable, ev.is_writable());
+                    }
+                }
+            }
+            self.drain_bus();
+            self.run_timers();
+            self.run_runnable();
+            self.flush_dirty();
+            self.outbox.flush(&self.bus);
+            let stats = &self.shared.cores[self.id];
+            stats.last_loop_ms.store(self.now_ms, Ordering::Relaxed);
+            stats.connections.store(self.conns.len(), Ordering::Relaxed);
+            if let Some(until) = self.draining_until
+                && (self.conns.is_empty() || self.now_ms >= until)
+            {
+                break;
+            }
+        }
+        let left = self.conns.len();
+        if left > 0 {
+            info!(core = self.id, connections = left, "drain deadline reached; dropping the rest");
+        }
+        debug!(core = self.id, "core loop exits");
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if !self.runnable.is_empty() || self.more_bus {
+            return Duration::ZERO;
+        }
+        let ms = self
+            .wheel
+            .next_timeout_ms(self.shared.now_ms())
+            .unwrap_or(MAX_SLEEP_MS)
+            .min(MAX_SLEEP_MS);
+        Duration::from_millis(ms)
+    }
+
+    fn timer(&mut self, at_ms: u64, key: usize, generation: u32, kind: TimerKind) {
+        self.wheel.insert(
+            at_ms,
+            Timer {
+                key: key as u32,
+                generation,
+                kind,
+            },
+        );
+    }
+
+    fn live(&self, key: usize, generation: u32) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|c| c.generation == generation)
+    }
+
+    // ---- accept -------------------------------------------------------
+
+    fn accept(&mut self) {
+        if self.accept_paused || self.draining_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        warn!(core = self.id, error = %e, "register failed; connection dropped");
+                        continue;
+                    }
+                    self.next_generation = self.next_generation.wrapping_add(1);
+                    let generation = self.next_generation;
+                    entry.insert(Conn {
+                        stream,
+                        generation,
+                        counted: false,
+                        state: State::Http(Box::default()),
+                    });
+                    let deadline = self.now_ms + self.shared.config.auth.timeout * 1000;
+                    self.timer(deadline, key, generation, TimerKind::Handshake);
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS/ENOMEM: the queue stays full and
+                    // edge-triggered readiness will not fire again; retry on a timer.
+                    if self.now_ms.saturating_sub(self.last_accept_warn_ms) >= 1000 {
+                        warn!(core = self.id, error = %e, connections = self.conns.len(),
+                            "accept failed; pausing accepts for {ACCEPT_RETRY_MS} ms");
+                        self.last_accept_warn_ms = self.now_ms;
+                    }
+                    self.accept_paused = true;
+                    self.timer(self.now_ms + ACCEPT_RETRY_MS, 0, 0, TimerKind::AcceptRetry);
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- readiness ----------------------------------------------------
+
+    fn conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        match conn.state {
+            State::Http(_) => {
+                if writable {
+                    self.http_write(key);
+                }
+                if readable {
+                    self.http_read(key);
+                }
+            }
+            State::Ws(_) => {
+                if writable {
+                    self.ws_flush(key);
+                }
+                if readable {
+                    self.ws_read(key);
+                }
+            }
+        }
+        self.process_closes();
+    }
+
+    fn run_runnable(&mut self) {
+        // Connections whose reading was paused (read budget spent, a join
+        // answered, or just upgraded with bytes possibly pending).
+        for _ in 0..4 {
+            if self.runnable.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut self.runnable);
+            for (key, generation) in batch {
+                if self.live(key, generation) {
+                    self.ws_read(key);
+                    self.process_closes();
+                }
+            }
+        }
+    }
+
+    // ---- HTTP ---------------------------------------------------------
+
+    fn http_read(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let State::Http(h) = &mut conn.state else {
+                return;
+            };
+            match conn.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    debug!(core = self.id, "peer closed during HTTP exchange");
+                    return self.remove_conn(key);
+                }
+                Ok(n) => {
+                    if !matches!(h.then, Then::Reading) {
+                        continue; // response under way or lingering: discard
+                    }
+                    h.buf.extend_from_slice(&self.read_buf[..n]);
+                    match http::parse_head(&h.buf) {
+                        Ok(Some((req, len))) if len <= http::MAX_HEAD => {
+                            let leftover = h.buf[len..].to_vec();
+                            h.buf = Vec::new();
+                            return self.handle_request(key, req, leftover);
+                        }
+                        Ok(None) if h.buf.len() < http::MAX_HEAD => {}
+                        Ok(_) | Err(http::HeadError::TooLarge) => {
+                            let r = error_response(431, "bad_request", "request head too large", &[]);
+                            return self.respond(key, r, Then::Close);
+                        }
+                        Err(http::HeadError::Malformed(m)) => {
+                            let r = error_response(400, "bad_request", &format!("malformed request: {m}"), &[]);
+                            return self.respond(key, r, Then::Close);
+                        }
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.remove_conn(key),
+            }
+        }
+    }
+
+    fn handle_request(&mut self, key: usize, req: http::Request, leftover: Vec<u8>) {
+        let route = req.route();
+        let get = req.method == "GET";
+        let resp = match route {
+            Route::NotFound => error_response(404, "not_found", "no such route", &[]),
+            Route::Echo if !self.shared.config.echo => {
+                error_response(404, "not_found", "the echo route is disabled (config `echo`)", &[])
+            }
+            Route::Health if get || req.method == "HEAD" => self.health_response(),
+            _ if !get => error_response(405, "method_not_allowed", "use GET", &[("allow", "GET")]),
+            Route::Health => unreachable!("handled above"),
+            Route::Ws | Route::Echo => match self.upgrade_request(&req, route == Route::Echo, leftover) {
+                Ok(up) => {
+                    let ws_key = req.ws_key.as_deref().unwrap_or_default();
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.counted = true;
+                    }
+                    return self.respond(key, switching_protocols(ws_key), Then::Upgrade(up));
+                }
+                Err(resp) => resp,
+            },
+        };
+        self.respond(key, resp, Then::Close);
+    }
+
+    /// Validates an upgrade and reserves a connection slot; `Err` is the
+    /// HTTP response refusing it.
+    fn upgrade_request(&mut self, req: &http::Request, echo: bool, leftover: Vec<u8>) -> Result<Box<Upgrade>, Vec<u8>> {
+        check_upgrade(req)?;
+        if self.draining_until.is_some() {
+            return Err(error_response(503, "overloaded", "server is shutting down", &[("retry-after", "1")]));
+        }
+        let identity = if echo {
+            None
+        } else {
+            match req.query_param("token").or_else(|| req.bearer.clone()) {
+                Some(token) => match self.shared.auth.verify(&token) {
+                    Ok(identity) => Some(identity),
+                    Err(e) => {
+                        debug!(core = self.id, error = %e, "upgrade refused: bad token");
+                        return Err(error_response(401, "unauthorized", &e.to_string(), &[]));
+                    }
+                },
+                None => None,
+            }
+        };
+        let max = self.shared.config.limits.max_connections;
+        if self.shared.connections.fetch_add(1, Ordering::Relaxed) >= max {
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            info!(core = self.id, max, "upgrade refused: connection limit reached");
+            return Err(error_response(
+                503,
+                "overloaded",
+                "connection limit reached; try again later",
+                &[("retry-after", "5")],
+            ));
+        }
+        Ok(Box::new(Upgrade {
+            echo,
+            identity,
+            leftover,
+        }))
+    }
+
+    fn health_response(&self) -> Vec<u8> {
+        let ok = self.shared.all_cores_alive();
+        let body = Event::new("health")
+            .str("status", if ok { "ok" } else { "unavailable" })
+            .num("cores", self.shared.cores.len() as u64)
+            .num(
+                "connections",
+                self.shared.connections.load(Ordering::Relaxed) as u64,
+            )
+            .finish();
+        json_response(if ok { 200 } else { 503 }, &[], &body)
+    }
+
+    fn respond(&mut self, key: usize, bytes: Vec<u8>, then: Then) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let State::Http(h) = &mut conn.state else {
+            return;
+        };
+        h.out = bytes;
+        h.written = 0;
+        h.then = then;
+        self.http_write(key);
+    }
+
+    fn http_write(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let State::Http(h) = &mut conn.state else {
+            return;
+        };
+        while h.written < h.out.len() {
+            match conn.stream.write(&h.out[h.written..]) {
+                Ok(0) => return self.remove_conn(key),
+                Ok(n) => h.written += n,
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.remove_conn(key),
+            }
+        }
+        if h.out.is_empty() {
+            return; // nothing was being written
+        }
+        h.out = Vec::new();
+        match std::mem::replace(&mut h.then, Then::Close) {
+            Then::Upgrade(up) => self.upgrade(key, *up),
+            Then::Close | Then::Reading => {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                h.lingering = true;
+            }
+        }
+    }
+
+    fn upgrade(&mut self, key: usize, up: Upgrade) {
+        let session = if up.echo {
+            None
+        } else {
+            let sid = format!("s_{:016x}", self.rng.u64(..));
+            let identity = up.identity.or_else(|| {
+                self.shared
+                    .config
+                    .anonymous_allowed()
+                    .then(|| self.shared.auth.anonymous(&sid))
+            });
+            Some(Session::new(
+                sid.into(),
+                identity,
+                &self.shared.session,
+                self.now_ms,
+            ))
+        };
+        let cfg = if up.echo {
+            self.shared.echo_config
+        } else {
+            self.shared.ws_config
+        };
+        let ctx = if up.leftover.is_empty() {
+            WebSocketContext::new(Role::Server, Some(cfg))
+        } else {
+            WebSocketContext::from_partially_read(up.leftover, Role::Server, Some(cfg))
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let generation = conn.generation;
+        let authenticated = session.as_ref().map(|s| s.identity.is_some());
+        if let Some(s) = &session {
+            debug!(core = self.id, session = %s.id,
+                user = s.identity.as_ref().map(|i| &*i.user).unwrap_or("-"), "websocket opened");
+        }
+        conn.state = State::Ws(Box::new(WsConn {
+            ctx,
+            session,
+            last_rx_ms: self.now_ms,
+            dirty: false,
+            blocked: false,
+            closing: false,
+        }));
+        let hb = self.shared.config.heartbeat * 1000;
+        self.timer(self.now_ms + hb, key, generation, TimerKind::Heartbeat);
+        match authenticated {
+            Some(true) => {
+                let welcome = self.with_session(key, |s, ctx| s.welcome(None, ctx));
+                if let Some(w) = welcome {
+                    self.write_to(key, w.into());
+                }
+                self.arm_expiry(key, generation);
+            }
+            Some(false) => {
+                let deadline = self.now_ms + self.shared.config.auth.timeout * 1000;
+                self.timer(deadline, key, generation, TimerKind::Auth);
+            }
+            None => {}
+        }
+        self.runnable.push((key, generation));
+    }
+
+    // ---- WebSocket ----------------------------------------------------
+
+    fn ws_read(&mut self, key: usize) {
+        for _ in 0..READ_BUDGET {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let generation = conn.generation;
+            let State::Ws(ws) = &mut conn.state else {
+                return;
+            };
+            if ws.blocked {
+                return;
+            }
+            match ws.ctx.read(&mut conn.stream) {
+                Ok(msg) => {
+                    ws.last_rx_ms = self.now_ms;
+                    let closing = ws.closing;
+                    let echo = ws.session.is_none();
+                    match msg {
+                        Message::Text(t) if echo => self.write_msg(key, Message::Text(t)),
+                        Message::Binary(b) if echo => self.write_msg(key, Message::Binary(b)),
+                        _ if closing => {}
+                        Message::Text(t) => self.on_text(key, generation, t),
+                        Message::Binary(_) => self.on_binary(key, generation),
+                        Message::Ping(_) | Message::Close(_) => self.mark_dirty(key),
+                        Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                    self.process_closes();
+                }
+                Err(e) if ws_would_block(&e) => {
+                    self.mark_dirty(key); // a queued pong or close reply may be waiting
+                    return;
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return self.remove_conn(key);
+                }
+                Err(_) if ws.closing => return self.remove_conn(key),
+                Err(tungstenite::Error::Capacity(_)) => {
+                    return self.close_ws(key, close::TOO_BIG, "message too big");
+                }
+                Err(tungstenite::Error::Utf8(_)) => {
+                    return self.close_ws(key, close::INVALID_PAYLOAD, "text frame is not valid UTF-8");
+                }
+                Err(tungstenite::Error::Protocol(e)) => {
+                    debug!(core = self.id, error = %e, "websocket protocol error");
+                    return self.close_ws(key, close::PROTOCOL, "protocol error");
+                }
+                Err(tungstenite::Error::WriteBufferFull(_)) => {
+                    return self.close_ws(key, close::SLOW_CONSUMER, "slow consumer");
+                }
+                Err(e) => {
+                    debug!(core = self.id, error = %e, "websocket read failed");
+                    return self.remove_conn(key);
+                }
+            }
+        }
+        // Budget spent: let other connections run, continue next iteration.
+        if let Some(conn) = self.conns.get(key) {
+            self.runnable.push((key, conn.generation));
+        }
+    }
+
+    fn ws_flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let State::Ws(ws) = &mut conn.state else {
+            return;
+        };
+        match ws.ctx.flush(&mut conn.stream) {
+            Ok(()) => {}
+            Err(e) if ws_would_block(&e) => {}
+            Err(tungstenite::Error::ConnectionClosed) => self.remove_conn(key),
+            Err(tungstenite::Error::WriteBufferFull(_)) => {} // a pong that will be retried
+            Err(e) => {
+                debug!(core = self.id, error = %e, "flush failed");
+                self.remove_conn(key);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(Conn {
+                state: State::Ws(ws),
+                ..
+            }) = self.conns.get_mut(key)
+            {
+                ws.dirty = false;
+                self.ws_flush(key);
+            }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(Conn {
+            state: State::Ws(ws),
+            ..
+        }) = self.conns.get_mut(key)
+            && !ws.dirty
+        {
+            ws.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn write_to(&mut self, key: usize, frame: Utf8Bytes) {
+        self.write_msg(key, Message::Text(frame));
+    }
+
+    fn write_msg(&mut self, key: usize, msg: Message) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            write_ws(conn, key, msg, &mut self.dirty, &mut self.to_close);
+        }
+    }
+
+    fn with_session<R>(&mut self, key: usize, f: impl FnOnce(&mut Session, &Ctx<'_>) -> R) -> Option<R> {
+        let Conn {
+            state: State::Ws(ws),
+            ..
+        } = self.conns.get_mut(key)?
+        else {
+            return None;
+        };
+        let session = ws.session.as_mut()?;
+        let ctx = Ctx {
+            cfg: &self.shared.session,
+            auth: &self.shared.auth,
+            now_ms: self.now_ms,
+            unix_s: self.unix_s,
+            core: self.id,
+        };
+        Some(f(session, &ctx))
+    }
+
+    fn on_text(&mut self, key: usize, generation: u32, text: Utf8Bytes) {
+        let Some(Conn {
+            state: State::Ws(ws),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let Some(session) = ws.session.as_mut() else {
+            return;
+        };
+        let ctx = Ctx {
+            cfg: &self.shared.session,
+            auth: &self.shared.auth,
+            now_ms: self.now_ms,
+            unix_s: self.unix_s,
+            core: self.id,
+        };
+        session.handle_text(text.as_bytes(), &mut self.parser, &ctx, &mut self.outputs);
+        self.apply_outputs(key, generation);
+    }
+
+    fn on_binary(&mut self, key: usize, generation: u32) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        self.with_session(key, |s, ctx| s.handle_binary(ctx, &mut outputs));
+        self.outputs = outputs;
+        self.apply_outputs(key, generation);
+    }
+
+    /// Carries out what a session asked for.
+    fn apply_outputs(&mut self, key: usize, generation: u32) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let conn_ref = ConnRef {
+            key: key as u32,
+            generation,
+        };
+        let cores = self.bus.cores();
+        for out in outputs.drain(..) {
+            match out {
+                Output::Frame(f) => self.write_to(key, f.into()),
+                Output::Close { code, reason } => self.close_ws(key, code, reason),
+                Output::Authenticated => self.arm_expiry(key, generation),
+                Output::Join {
+                    room,
+                    id,
+                    since,
+                    rejoin,
+                } => {
+                    let Some((user, name)) = self.identity_of(key) else {
+                        continue;
+                    };
+                    let home = home_core(&room, cores);
+                    if home != self.id
+                        && let Some(Conn {
+                            state: State::Ws(ws),
+                            ..
+                        }) = self.conns.get_mut(key)
+                    {
+                        ws.blocked = true;
+                    }
+                    let msg = BusMsg::Join {
+                        room,
+                        core: self.id,
+                        conn: conn_ref,
+                        user,
+                        name,
+                        id,
+                        since,
+                        rejoin,
+                    };
+                    self.route(home, msg);
+                }
+                Output::Leave { room, slot } => {
+                    self.rooms.remove(&room, slot);
+                    if let Some((user, _)) = self.identity_of(key) {
+                        let home = home_core(&room, cores);
+                        let core = self.id;
+                        self.route(home, BusMsg::Leave { room, core, user });
+                    }
+                }
+                Output::Publish { room, id, tail } => {
+                    let home = home_core(&room, cores);
+                    let reply = Some(ReplyTo {
+                        core: self.id,
+                        conn: conn_ref,
+                        id,
+                    });
+                    self.route(home, BusMsg::Publish { room, reply, tail });
+                }
+            }
+        }
+        self.outputs = outputs;
+    }
+
+    fn identity_of(&self, key: usize) -> Option<(Arc<str>, Option<Arc<str>>)> {
+        let Conn {
+            state: State::Ws(ws),
+            ..
+        } = self.conns.get(key)?
+        else {
+            return None;
+        };
+        let ident = ws.session.as_ref()?.identity.as_ref()?;
+        Some((ident.user.clone(), ident.name.clone()))
+    }
+
+    fn arm_expiry(&mut self, key: usize, generation: u32) {
+        let exp = self
+            .with_session(key, |s, _| s.identity.as_ref().and_then(|i| i.exp))
+            .flatten();
+        if let Some(exp) = exp {
+            let delay_ms = exp.saturating_sub(self.unix_s) * 1000;
+            self.timer(self.now_ms + delay_ms, key, generation, TimerKind::Expiry);
+        }
+    }
+
+    // ---- bus and home-core logic --------------------------------------
+
+    fn route(&mut self, core: usize, msg: BusMsg) {
+        if core == self.id {
+            self.handle_bus(msg);
+        } else {
+            self.outbox.push(core, msg);
+        }
+    }
+
+    fn drain_bus(&mut self) {
+        self.more_bus = false;
+        for _ in 0..BUS_BUDGET {
+            let Ok(batch) = self.inbox.try_recv() else {
+                return;
+            };
+            for msg in batch {
+                self.handle_bus(msg);
+            }
+            self.process_closes();
+        }
+        self.more_bus = !self.inbox.is_empty();
+    }
+
+    fn new_epoch(rng: &mut fastrand::Rng) -> Arc<str> {
+        format!("{:08x}", rng.u32(..)).into()
+    }
+
+    fn interested_cores(&mut self, room: &str) -> Vec<usize> {
+        let mut cores = std::mem::take(&mut self.cores_scratch);
+        cores.clear();
+        if let Some(r) = self.home.get(room) {
+            cores.extend(r.interested());
+        }
+        cores
+    }
+
+    fn deliver_to_room(&mut self, room: &Arc<str>, frame: Utf8Bytes) {
+        let cores = self.interested_cores(room);
+        for &c in &cores {
+            let msg = BusMsg::Deliver {
+                room: room.clone(),
+                frame: frame.clone(),
+            };
+            self.route(c, msg);
+        }
+        self.cores_scratch = cores;
+    }
+
+    fn handle_bus(&mut self, msg: BusMsg) {
+        match msg {
+            BusMsg::Deliver { room, frame } => self.deliver_local(&room, &frame),
+            BusMsg::Publish { room, reply, tail } => {
+                let ts = self.unix_ms();
+                let rng = &mut self.rng;
+                let r = self
+                    .home
+                    .sequence(&room, self.now_ms, || Self::new_epoch(rng));
+                let (seq, epoch) = (r.seq, r.epoch.clone());
+                let frame = Utf8Bytes::from(event::message(&room, seq, &epoch, ts, &tail));
+                self.deliver_to_room(&room, frame);
+                if let Some(reply) = reply {
+                    let ack = Event::new("ack")
+                        .id(reply.id.as_ref())
+                        .str("room", &room)
+                        .num("seq", seq)
+                        .num("ts", ts)
+                        .finish();
+                    let msg = BusMsg::Reply {
+                        conn: reply.conn,
+                        frame: ack.into(),
+                    };
+                    self.route(reply.core, msg);
+                }
+            }
+            BusMsg::Reply { conn, frame } => {
+                if self.live(conn.key as usize, conn.generation) {
+                    self.write_to(conn.key as usize, frame);
+                }
+            }
+            BusMsg::Join {
+                room,
+                core,
+                conn,
+                user,
+                name,
+                id,
+                since,
+                rejoin,
+            } => {
+                let rng = &mut self.rng;
+                let member = Member {
+                    core,
+                    user: &user,
+                    name: name.as_ref(),
+                };
+                let o = self.home.join(
+                    &room,
+                    member,
+                    rejoin,
+                    self.now_ms,
+                    || Self::new_epoch(rng),
+                );
+                let mut ack = Event::new("ack")
+                    .id(id.as_ref())
+                    .str("room", &room)
+                    .str("epoch", &o.epoch)
+                    .num("seq", o.seq)
+                    .num("members", o.members as u64);
+                if let Some(since) = since {
+                    // Without a history window, only a client that missed
+                    // nothing recovers.
+                    ack = ack.bool("recovered", *since.epoch == *o.epoch && since.seq == o.seq);
+                }
+                let frame = Utf8Bytes::from(ack.finish());
+                let joined = o.first.then(|| {
+                    Utf8Bytes::from(event::membership("joined", &room, &user, name.as_deref()))
+                });
+                let reply = BusMsg::JoinAck {
+                    room: room.clone(),
+                    conn,
+                    user,
+                    frame,
+                    rejoin,
+                };
+                self.route(core, reply);
+                if let Some(joined) = joined {
+                    self.deliver_to_room(&room, joined);
+                }
+            }
+            BusMsg::JoinAck {
+                room,
+                conn,
+                user,
+                frame,
+                rejoin,
+            } => self.join_acked(room, conn, user, frame, rejoin),
+            BusMsg::Leave { room, core, user } => {
+                if let Some(name) = self.home.leave(&room, core, &user, self.now_ms) {
+                    let left = event::membership("left", &room, &user, name.as_deref());
+                    self.deliver_to_room(&room, left.into());
+                }
+            }
+            BusMsg::Shutdown => self.start_drain(),
+        }
+    }
+
+    fn join_acked(&mut self, room: Arc<str>, conn: ConnRef, user: Arc<str>, frame: Utf8Bytes, rejoin: bool) {
+        let key = conn.key as usize;
+        let member = match self.conns.get_mut(key) {
+            Some(Conn {
+                generation,
+                state: State::Ws(ws),
+                ..
+            }) if *generation == conn.generation && !ws.closing => Some(ws),
+            _ => None,
+        };
+        let Some(ws) = member else {
+            // The connection went away while its join was in flight: undo it.
+            if !rejoin {
+                let home = home_core(&room, self.bus.cores());
+                let core = self.id;
+                self.route(home, BusMsg::Leave { room, core, user });
+            }
+            return;
+        };
+        let slot = (!rejoin).then(|| self.rooms.add(&room, key));
+        if let Some(s) = ws.session.as_mut() {
+            s.join_done(room, slot);
+        }
+        if std::mem::take(&mut ws.blocked) {
+            self.runnable.push((key, conn.generation));
+        }
+        self.write_to(key, frame);
+    }
+
+    fn deliver_local(&mut self, room: &str, frame: &Utf8Bytes) {
+        let Some(members) = self.rooms.members(room) else {
+            return;
+        };
+        for (_, &key) in members.iter() {
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                write_ws(
+                    conn,
+                    key as usize,
+                    Message::Text(frame.clone()),
+                    &mut self.dirty,
+                    &mut self.to_close,
+                );
+            }
+        }
+        self.process_closes();
+    }
+
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    // ---- timers -------------------------------------------------------
+
+    fn run_timers(&mut self) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.advance(self.now_ms, &mut expired);
+        for t in expired.drain(..) {
+            self.fire(t);
+            self.process_closes();
+        }
+        self.expired = expired;
+    }
+
+    fn fire(&mut self, t: Timer) {
+        let key = t.key as usize;
+        match t.kind {
+            TimerKind::AcceptRetry => {
+                self.accept_paused = false;
+                return self.accept();
+            }
+            TimerKind::Sweep => {
+                let dropped = self.home.sweep(self.now_ms);
+                if dropped > 0 {
+                    debug!(core = self.id, dropped, "idle rooms forgotten");
+                }
+                return self.timer(self.now_ms + SWEEP_MS, 0, 0, TimerKind::Sweep);
+            }
+            _ => {}
+        }
+        if !self.live(key, t.generation) {
+            return; // stale: the connection is gone or the slot was reused
+        }
+        let conn = &mut self.conns[key];
+        match (t.kind, &mut conn.state) {
+            (TimerKind::Handshake, State::Http(_)) => {
+                debug!(core = self.id, "handshake timeout");
+                self.remove_conn(key);
+            }
+            (TimerKind::CloseDeadline, _) => {
+                debug!(core = self.id, "close handshake timeout");
+                self.remove_conn(key);
+            }
+            (TimerKind::Heartbeat, State::Ws(ws)) if !ws.closing => {
+                let hb = self.shared.config.heartbeat * 1000;
+                if self.now_ms.saturating_sub(ws.last_rx_ms) >= 2 * hb {
+                    let session = ws.session.as_ref().map(|s| s.id.to_string()).unwrap_or_default();
+                    info!(core = self.id, session, code = "none", reason = "heartbeat timeout",
+                        "dropping connection: silent for two heartbeat intervals");
+                    return self.remove_conn(key);
+                }
+                self.write_msg(key, Message::Ping(Default::default()));
+                self.timer(self.now_ms + hb, key, t.generation, TimerKind::Heartbeat);
+            }
+            (TimerKind::Auth, State::Ws(_)) => {
+                let mut outputs = std::mem::take(&mut self.outputs);
+                self.with_session(key, |s, _| s.on_auth_timeout(&mut outputs));
+                self.outputs = outputs;
+                self.apply_outputs(key, t.generation);
+            }
+            (TimerKind::Expiry, State::Ws(_)) => {
+                let mut outputs = std::mem::take(&mut self.outputs);
+                let grace = self
+                    .with_session(key, |s, ctx| s.on_token_expiry(ctx, &mut outputs))
+                    .flatten();
+                self.outputs = outputs;
+                if let Some(grace) = grace {
+                    self.timer(self.now_ms + grace * 1000, key, t.generation, TimerKind::ExpiryGrace);
+                }
+                self.apply_outputs(key, t.generation);
+            }
+            (TimerKind::ExpiryGrace, State::Ws(_)) => {
+                let mut outputs = std::mem::take(&mut self.outputs);
+                self.with_session(key, |s, ctx| s.on_expiry_grace(ctx, &mut outputs));
+                self.outputs = outputs;
+                self.apply_outputs(key, t.generation);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- closing ------------------------------------------------------
+
+    fn process_closes(&mut self) {
+        while let Some((key, generation, how)) = self.to_close.pop() {
+            if !self.live(key, generation) {
+                continue;
+            }
+            match how {
+                Closing::Ws(code, reason) => self.close_ws(key, code, reason),
+                Closing::Drop(reason) => {
+                    debug!(core = self.id, reason, "connection dropped");
+                    self.remove_conn(key);
+                }
+            }
+        }
+    }
+
+    /// Starts the close handshake with `code`; the connection is removed when
+    /// the client answers, or after [`CLOSE_TIMEOUT_MS`].
+    fn close_ws(&mut self, key: usize, code: u16, reason: &'static str) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let generation = conn.generation;
+        let State::Ws(ws) = &mut conn.state else {
+            return;
+        };
+        if ws.closing {
+            return;
+        }
+        ws.closing = true;
+        ws.blocked = false;
+        if code != close::GOING_AWAY {
+            let (session, user) = match &ws.session {
+                Some(s) => (
+                    s.id.to_string(),
+                    s.identity.as_ref().map(|i| i.user.to_string()).unwrap_or_default(),
+                ),
+                None => ("echo".to_string(), String::new()),
+            };
+            info!(core = self.id, session, user, code, reason, "closing connection");
+        }
+        // Room for the close frame even when the backlog is full (4009).
+        ws.ctx.set_config(|c| c.max_write_buffer_size = usize::MAX);
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        match ws.ctx.close(&mut conn.stream, Some(frame)) {
+            Ok(()) => {}
+            Err(e) if ws_would_block(&e) => {}
+            Err(_) => return self.remove_conn(key),
+        }
+        self.mark_dirty(key);
+        self.timer(self.now_ms + CLOSE_TIMEOUT_MS, key, generation, TimerKind::CloseDeadline);
+    }
+
+    /// Removes a connection at once: leaves its rooms and frees its slot.
+    fn remove_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        if conn.counted {
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let State::Ws(ws) = conn.state
+            && let Some(session) = ws.session
+        {
+            debug!(core = self.id, session = %session.id, "websocket closed");
+            if let Some(ident) = session.identity {
+                let cores = self.bus.cores();
+                for joined in session.rooms {
+                    self.rooms.remove(&joined.name, joined.slot);
+                    let home = home_core(&joined.name, cores);
+                    let msg = BusMsg::Leave {
+                        room: joined.name,
+                        core: self.id,
+                        user: ident.user.clone(),
+                    };
+                    self.route(home, msg);
+                }
+            }
+        }
+        // Dropping the stream closes the socket (and removes it from epoll).
+    }
+
+    fn start_drain(&mut self) {
+        if self.draining_until.is_some() {
+            return;
+        }
+        let timeout = self.shared.config.shutdown_timeout * 1000;
+        self.draining_until = Some(self.now_ms + timeout);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        info!(core = self.id, connections = self.conns.len(), "draining: asking clients to reconnect");
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let (is_ws, has_session) = match &self.conns[key].state {
+                State::Ws(ws) => (!ws.closing, ws.session.is_some()),
+                State::Http(_) => (false, false),
+            };
+            if !is_ws {
+                if matches!(self.conns[key].state, State::Http(_)) {
+                    self.remove_conn(key);
+                }
+                continue;
+            }
+            if has_session {
+                let after = self.rng.u64(RECONNECT_JITTER_MS.0..=RECONNECT_JITTER_MS.1);
+                let ev = Event::new("reconnect").num("after_ms", after).finish();
+                self.write_to(key, ev.into());
+            }
+            self.close_ws(key, close::GOING_AWAY, "server shutting down");
+        }
+        self.process_closes();
+    }
+}
+
+/// Queues `msg` on a WebSocket connection; marks it dirty; records a
+/// needed close (backlog full: 4009; I/O error: drop).
+fn write_ws(conn: &mut Conn, key: usize, msg: Message, dirty: &mut Vec<usize>, to_close: &mut Vec<(usize, u32, Closing)>) {
+    let State::Ws(ws) = &mut conn.state else {
+        return;
+    };
+    if ws.closing {
+        return;
+    }
+    match ws.ctx.write(&mut conn.stream, msg) {
+        Ok(()) => {}
+        Err(e) if ws_would_block(&e) => {}
+        Err(tungstenite::Error::WriteBufferFull(_)) => {
+            to_close.push((key, conn.generation, Closing::Ws(close::SLOW_CONSUMER, "slow consumer")));
+        }
+        Err(_) => to_close.push((key, conn.generation, Closing::Drop("write failed"))),
+    }
+    if !ws.dirty {
+        ws.dirty = true;
+        dirty.push(key);
+    }
+}

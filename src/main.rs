@@ -1,0 +1,168 @@
+//! The `corecast` binary: command line, logging, limits, signals.
+
+use clap::{Parser, Subcommand};
+use corecast::auth::{TokenSpec, sign_token};
+use corecast::config::{Config, Overrides};
+use corecast::server::Server;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing::{info, warn};
+
+/// Real-time WebSocket messaging server.
+///
+/// Configuration comes from defaults, then the TOML file (--config), then
+/// CORECAST_* environment variables (CORECAST_KEY, CORECAST_SECTION__KEY),
+/// then these flags. Logs go to stderr; set CORECAST_LOG (or RUST_LOG), e.g.
+/// CORECAST_LOG=debug.
+#[derive(Parser, Debug)]
+#[command(name = "corecast", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Number of core loops (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Serve the raw /echo WebSocket route (conformance tests, benchmarks).
+    #[arg(long)]
+    echo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a JWT signed with the configured auth.secret (for development).
+    Token {
+        /// User id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Room patterns the user may join, comma-separated ('lobby,team:*').
+        #[arg(long, value_name = "PATTERNS")]
+        rooms: Option<String>,
+        /// Room patterns the user may publish to without joining.
+        #[arg(long, value_name = "PATTERNS")]
+        publish: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+fn patterns(s: Option<String>) -> Option<Vec<String>> {
+    s.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect()
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen.clone(),
+        cores: cli.cores,
+        echo: cli.echo.then_some(true),
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corecast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Token {
+        sub,
+        name,
+        rooms,
+        publish,
+        ttl,
+    }) = cli.command
+    {
+        let Some(secret) = config.auth.secret.as_deref() else {
+            eprintln!(
+                "corecast: no auth.secret configured (set CORECAST_AUTH__SECRET or [auth] secret in --config)"
+            );
+            return ExitCode::from(2);
+        };
+        let spec = TokenSpec {
+            sub,
+            name,
+            rooms: patterns(rooms),
+            publish: patterns(publish),
+            ttl: Some(ttl),
+            exp: None,
+        };
+        println!("{}", sign_token(secret, &spec));
+        return ExitCode::SUCCESS;
+    }
+    run(config)
+}
+
+fn run(config: Config) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORECAST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => info!(nofile = n, "open-file limit raised to the hard limit"),
+        Err(e) => warn!(error = %e, "could not raise the open-file limit"),
+    }
+    if config.anonymous_allowed() {
+        if config.auth.secret.is_none() {
+            warn!("no auth.secret configured: every connection is anonymous (set CORECAST_AUTH__SECRET to require tokens)");
+        } else {
+            warn!("auth.anonymous = true: connections without a token are accepted");
+        }
+    }
+    if config.echo {
+        info!("the /echo route is enabled");
+    }
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("corecast: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = server.shutdown_handle();
+    let mut signals =
+        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("corecast: cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    std::thread::Builder::new()
+        .name("corecast-signals".into())
+        .spawn(move || {
+            let mut first = true;
+            for sig in signals.forever() {
+                if first {
+                    info!(signal = sig, "shutting down gracefully (signal again to exit at once)");
+                    handle.shutdown();
+                    first = false;
+                } else {
+                    warn!("second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .expect("spawn signal thread");
+    server.join();
+    info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,296 @@
+//! Room state of one core, in two roles.
+//!
+//! [`LocalRooms`]: which of *this core's* connections are in which room (the
+//! fan-out list a delivered message is written to). [`HomeRooms`]: the rooms
+//! whose home is this core: their `seq` and `epoch`, which cores have members
+//! (the interest set: a core with no member never receives the room's
+//! messages) and which users are in them (for `joined`/`left` and member
+//! counts). This module must not send anything or touch connections; the
+//! core loop routes what these structures decide.
+
+use slab::Slab;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Members of rooms on this core.
+#[derive(Debug, Default)]
+pub struct LocalRooms {
+    rooms: HashMap<Arc<str>, Slab<u32>>,
+}
+
+impl LocalRooms {
+    /// Adds connection `key` to `room`; returns its slot (keep it for [`LocalRooms::remove`]).
+    pub fn add(&mut self, room: &Arc<str>, key: usize) -> u32 {
+        let members = match self.rooms.get_mut(&**room) {
+            Some(m) => m,
+            None => self.rooms.entry(room.clone()).or_default(),
+        };
+        members.insert(key as u32) as u32
+    }
+
+    /// Removes the member at `slot` of `room`; drops the room when it empties.
+    pub fn remove(&mut self, room: &str, slot: u32) {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.try_remove(slot as usize);
+            if members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// The member connection keys of `room` on this core.
+    pub fn members(&self, room: &str) -> Option<&Slab<u32>> {
+        self.rooms.get(room)
+    }
+
+    /// Number of rooms with members on this core.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether no room has members on this core.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+}
+
+/// A user in a room, as counted at the room's home core.
+#[derive(Debug)]
+struct RoomUser {
+    connections: u32,
+    name: Option<Arc<str>>,
+}
+
+/// A room at its home core.
+#[derive(Debug)]
+pub struct HomeRoom {
+    /// Last assigned seq (0 = none yet).
+    pub seq: u64,
+    /// Identifies this incarnation of the room's history.
+    pub epoch: Arc<str>,
+    /// Member connections per core (the interest set).
+    cores: Vec<u32>,
+    users: HashMap<Arc<str>, RoomUser>,
+    /// Monotonic ms of the last join, leave or publish.
+    last_active_ms: u64,
+}
+
+impl HomeRoom {
+    /// Cores with at least one member connection.
+    pub fn interested(&self) -> impl Iterator<Item = usize> + '_ {
+        self.cores
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(c, _)| c)
+    }
+
+    /// Number of distinct users in the room.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    fn idle(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+/// A member connection as the home core sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    /// Core of the connection.
+    pub core: usize,
+    /// Its user.
+    pub user: &'a Arc<str>,
+    /// The user's display name.
+    pub name: Option<&'a Arc<str>>,
+}
+
+/// What a join changed at the home core.
+#[derive(Debug, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// Latest seq.
+    pub seq: u64,
+    /// Room epoch.
+    pub epoch: Arc<str>,
+    /// Distinct users after the join.
+    pub members: usize,
+    /// This was the user's first connection in the room (`joined` is due).
+    pub first: bool,
+}
+
+/// Rooms whose home is this core.
+#[derive(Debug)]
+pub struct HomeRooms {
+    rooms: HashMap<Arc<str>, HomeRoom>,
+    cores: usize,
+    /// Idle rooms (no members) are forgotten after this long without activity.
+    idle_ms: u64,
+}
+
+impl HomeRooms {
+    /// Home-room table for a server of `cores` cores.
+    pub fn new(cores: usize, idle_ms: u64) -> Self {
+        HomeRooms {
+            rooms: HashMap::new(),
+            cores,
+            idle_ms,
+        }
+    }
+
+    /// The room, if it exists.
+    pub fn get(&self, room: &str) -> Option<&HomeRoom> {
+        self.rooms.get(room)
+    }
+
+    /// Number of rooms held.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether no room is held.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    fn room_mut(&mut self, room: &Arc<str>, now_ms: u64, new_epoch: impl FnOnce() -> Arc<str>) -> &mut HomeRoom {
+        let cores = self.cores;
+        let r = self.rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
+            seq: 0,
+            epoch: new_epoch(),
+            cores: vec![0; cores],
+            users: HashMap::new(),
+            last_active_ms: now_ms,
+        });
+        r.last_active_ms = now_ms;
+        r
+    }
+
+    /// Registers a member connection (unless `rejoin`).
+    pub fn join(
+        &mut self,
+        room: &Arc<str>,
+        m: Member<'_>,
+        rejoin: bool,
+        now_ms: u64,
+        new_epoch: impl FnOnce() -> Arc<str>,
+    ) -> JoinOutcome {
+        let r = self.room_mut(room, now_ms, new_epoch);
+        let mut first = false;
+        if !rejoin {
+            r.cores[m.core] += 1;
+            let u = r.users.entry(m.user.clone()).or_insert_with(|| {
+                first = true;
+                RoomUser {
+                    connections: 0,
+                    name: m.name.cloned(),
+                }
+            });
+            u.connections += 1;
+        }
+        JoinOutcome {
+            seq: r.seq,
+            epoch: r.epoch.clone(),
+            members: r.users.len(),
+            first,
+        }
+    }
+
+    /// Unregisters a member connection of `user` on `core`. Returns the
+    /// user's name when this was their last connection (`left` is due).
+    /// A room left with no members and no messages is dropped at once.
+    pub fn leave(&mut self, room: &str, core: usize, user: &str, now_ms: u64) -> Option<Option<Arc<str>>> {
+        let r = self.rooms.get_mut(room)?;
+        r.last_active_ms = now_ms;
+        r.cores[core] = r.cores[core].saturating_sub(1);
+        let u = r.users.get_mut(user)?;
+        u.connections -= 1;
+        let left = if u.connections == 0 {
+            r.users.remove(user).map(|u| u.name)
+        } else {
+            None
+        };
+        if r.idle() && r.seq == 0 {
+            self.rooms.remove(room);
+        }
+        left
+    }
+
+    /// Assigns the next seq of `room` (creating it for publish-only senders).
+    pub fn sequence(&mut self, room: &Arc<str>, now_ms: u64, new_epoch: impl FnOnce() -> Arc<str>) -> &HomeRoom {
+        let r = self.room_mut(room, now_ms, new_epoch);
+        r.seq += 1;
+        r
+    }
+
+    /// Forgets rooms without members that have been inactive for the idle
+    /// time (their seq restarts under a new epoch if they come back).
+    /// Returns how many were dropped.
+    pub fn sweep(&mut self, now_ms: u64) -> usize {
+        let before = self.rooms.len();
+        let idle_ms = self.idle_ms;
+        self.rooms
+            .retain(|_, r| !(r.idle() && now_ms.saturating_sub(r.last_active_ms) >= idle_ms));
+        before - self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch() -> Arc<str> {
+        "e1".into()
+    }
+
+    #[test]
+    fn local_membership() {
+        let mut l = LocalRooms::default();
+        let r: Arc<str> = "a".into();
+        let s1 = l.add(&r, 10);
+        let s2 = l.add(&r, 11);
+        let keys: Vec<u32> = l.members("a").unwrap().iter().map(|(_, &k)| k).collect();
+        assert_eq!(keys, [10, 11]);
+        l.remove("a", s1);
+        l.remove("a", s1); // twice is harmless
+        assert_eq!(l.members("a").unwrap().len(), 1);
+        l.remove("a", s2);
+        assert!(l.members("a").is_none() && l.is_empty());
+    }
+
+    #[test]
+    fn home_counts_users_and_cores() {
+        let mut h = HomeRooms::new(2, 1000);
+        let r: Arc<str> = "a".into();
+        let u1: Arc<str> = "u1".into();
+        let u2: Arc<str> = "u2".into();
+        let o = h.join(&r, Member { core: 0, user: &u1, name: None }, false, 0, epoch);
+        assert_eq!((o.first, o.members, o.seq), (true, 1, 0));
+        let o = h.join(&r, Member { core: 1, user: &u1, name: None }, false, 0, epoch);
+        assert!(!o.first, "second connection of u1");
+        let o = h.join(&r, Member { core: 1, user: &u2, name: None }, false, 0, epoch);
+        assert_eq!((o.first, o.members), (true, 2));
+        assert_eq!(h.get("a").unwrap().interested().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(h.sequence(&r, 0, epoch).seq, 1);
+        assert_eq!(h.join(&r, Member { core: 1, user: &u2, name: None }, true, 0, epoch).seq, 1, "rejoin reports position");
+
+        assert_eq!(h.leave("a", 0, "u1", 0), None, "u1 still on core 1");
+        assert_eq!(h.get("a").unwrap().interested().collect::<Vec<_>>(), [1]);
+        assert_eq!(h.leave("a", 1, "u1", 0), Some(None));
+        assert_eq!(h.leave("a", 1, "u2", 0), Some(None));
+        assert!(h.get("a").is_some(), "kept: it has messages");
+        assert_eq!(h.sweep(500), 0);
+        assert_eq!(h.sweep(1000), 1);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn empty_room_without_messages_is_dropped_at_once() {
+        let mut h = HomeRooms::new(1, 1000);
+        let r: Arc<str> = "a".into();
+        let u: Arc<str> = "u".into();
+        h.join(&r, Member { core: 0, user: &u, name: None }, false, 0, epoch);
+        h.leave("a", 0, "u", 0);
+        assert!(h.is_empty());
+    }
+}

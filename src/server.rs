@@ -1,0 +1,172 @@
+//! Starting and stopping a server: binds one SO_REUSEPORT listener per core,
+//! builds the bus, spawns the pinned core threads, and offers a handle to
+//! drain them. Used by the binary and, in-process, by the tests.
+//!
+//! Owns thread lifecycle only; it must not do any per-connection work.
+
+use crate::bus::{Bus, BusMsg};
+use crate::config::{Config, ConfigError};
+use crate::core::{Core, CoreInit, Shared, WAKER, listener};
+use mio::{Poll, Waker};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tracing::{info, warn};
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    bus: Bus,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Triggers a graceful drain of a running server; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    bus: Bus,
+}
+
+impl ShutdownHandle {
+    /// Asks every core to drain: stop accepting, send `reconnect`, close
+    /// with 1001, exit once its connections are gone or the deadline passes.
+    pub fn shutdown(&self) {
+        for core in 0..self.bus.cores() {
+            self.bus.send(core, vec![BusMsg::Shutdown]);
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// Binding or polling failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+impl Server {
+    /// Validates `config`, binds and starts the core threads.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let cores = config.core_count();
+        let requested = config.listen_addr();
+        // The first bind resolves port 0; the other cores join its port.
+        let first = listener::bind_reuseport(requested)?;
+        let addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..cores {
+            listeners.push(listener::bind_reuseport(addr)?);
+        }
+        let mut polls = Vec::with_capacity(cores);
+        let mut senders = Vec::with_capacity(cores);
+        let mut inboxes = Vec::with_capacity(cores);
+        let mut wakers = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let poll = Poll::new()?;
+            wakers.push(Arc::new(Waker::new(poll.registry(), WAKER)?));
+            let (tx, rx) = crossbeam_channel::unbounded();
+            senders.push(tx);
+            inboxes.push(rx);
+            polls.push(poll);
+        }
+        let bus = Bus::new(senders, wakers);
+        let shared = Arc::new(Shared::new(config, cores));
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        let pin = shared.config.pin && !cpus.is_empty();
+        let mut threads = Vec::with_capacity(cores);
+        for (id, ((poll, listener), inbox)) in polls
+            .into_iter()
+            .zip(listeners)
+            .zip(inboxes)
+            .enumerate()
+        {
+            let init = CoreInit {
+                id,
+                poll,
+                listener,
+                inbox,
+                bus: bus.clone(),
+                shared: shared.clone(),
+            };
+            let cpu = pin.then(|| cpus[id % cpus.len()]);
+            let handle = std::thread::Builder::new()
+                .name(format!("corecast-core-{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu
+                        && !core_affinity::set_for_current(cpu)
+                    {
+                        warn!(core = id, cpu = cpu.id, "could not pin core thread");
+                    }
+                    match Core::new(init) {
+                        Ok(core) => core.run(),
+                        Err(e) => warn!(core = id, error = %e, "core failed to start"),
+                    }
+                })?;
+            threads.push(handle);
+        }
+        info!(%addr, cores, pinned = pin, "listening");
+        Ok(Server {
+            addr,
+            shared,
+            bus,
+            threads,
+        })
+    }
+
+    /// The bound address (resolves a requested port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of core loops.
+    pub fn cores(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// A handle that can drain the server from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            bus: self.bus.clone(),
+        }
+    }
+
+    /// Whether every core loop is alive (what `/health` reports).
+    pub fn healthy(&self) -> bool {
+        self.shared.all_cores_alive()
+    }
+
+    /// Drains and waits for every core to exit.
+    pub fn shutdown(self) {
+        self.shutdown_handle().shutdown();
+        self.join();
+    }
+
+    /// Waits for every core to exit (after a drain was triggered).
+    pub fn join(self) {
+        for t in self.threads {
+            if t.join().is_err() {
+                warn!("a core thread panicked");
+            }
+        }
+    }
+}
