@@ -124,7 +124,11 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_exp = true;
-        let required: &[&str] = if require_exp { &["sub", "exp"] } else { &["sub"] };
+        let required: &[&str] = if require_exp {
+            &["sub", "exp"]
+        } else {
+            &["sub"]
+        };
         validation.set_required_spec_claims(required);
         Authenticator {
             key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),

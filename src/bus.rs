@@ -162,7 +162,10 @@ impl Outbox {
         for (core, batch) in self.pending.iter_mut().enumerate() {
             if !batch.is_empty() {
                 let cap = batch.capacity();
-                bus.send(core, std::mem::replace(batch, Vec::with_capacity(cap.min(256))));
+                bus.send(
+                    core,
+                    std::mem::replace(batch, Vec::with_capacity(cap.min(256))),
+                );
             }
         }
     }

@@ -234,7 +234,10 @@ impl Config {
             return err(format!("cores: {} is more than 1024", self.cores));
         }
         if !(1..=3600).contains(&self.heartbeat) {
-            return err(format!("heartbeat: {} must be 1..=3600 seconds", self.heartbeat));
+            return err(format!(
+                "heartbeat: {} must be 1..=3600 seconds",
+                self.heartbeat
+            ));
         }
         if !(1..=3600).contains(&self.shutdown_timeout) {
             return err(format!(
@@ -254,10 +257,16 @@ impl Config {
             );
         }
         if !(1..=3600).contains(&a.timeout) {
-            return err(format!("auth.timeout: {} must be 1..=3600 seconds", a.timeout));
+            return err(format!(
+                "auth.timeout: {} must be 1..=3600 seconds",
+                a.timeout
+            ));
         }
         if a.expiry_grace > 86_400 {
-            return err(format!("auth.expiry_grace: {} is more than a day", a.expiry_grace));
+            return err(format!(
+                "auth.expiry_grace: {} is more than a day",
+                a.expiry_grace
+            ));
         }
         for k in &a.api_keys {
             if k.len() < 8 {
@@ -275,10 +284,16 @@ impl Config {
             ));
         }
         if !(1..=100_000).contains(&l.max_rooms) {
-            return err(format!("limits.max_rooms: {} must be 1..=100000", l.max_rooms));
+            return err(format!(
+                "limits.max_rooms: {} must be 1..=100000",
+                l.max_rooms
+            ));
         }
         if !(l.rate_per_sec > 0.0 && l.rate_per_sec.is_finite()) {
-            return err(format!("limits.rate_per_sec: {} must be > 0", l.rate_per_sec));
+            return err(format!(
+                "limits.rate_per_sec: {} must be > 0",
+                l.rate_per_sec
+            ));
         }
         if !(l.rate_burst >= 1.0 && l.rate_burst.is_finite()) {
             return err(format!("limits.rate_burst: {} must be >= 1", l.rate_burst));
@@ -488,11 +503,15 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = Config::load(None, env(&[("CORECAST_HEARTBEAT", "0")]), &Overrides::default())
-            .unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[("CORECAST_HEARTBEAT", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(e.0.contains("heartbeat"), "{e}");
-        let e = Config::load(None, env(&[("CORECAST_NOPE", "1")]), &Overrides::default())
-            .unwrap_err();
+        let e =
+            Config::load(None, env(&[("CORECAST_NOPE", "1")]), &Overrides::default()).unwrap_err();
         assert!(e.0.contains("nope"), "{e}");
         let e = Config::load(
             None,

@@ -122,7 +122,9 @@ fn run(config: Config) -> ExitCode {
     }
     if config.anonymous_allowed() {
         if config.auth.secret.is_none() {
-            warn!("no auth.secret configured: every connection is anonymous (set CORECAST_AUTH__SECRET to require tokens)");
+            warn!(
+                "no auth.secret configured: every connection is anonymous (set CORECAST_AUTH__SECRET to require tokens)"
+            );
         } else {
             warn!("auth.anonymous = true: connections without a token are accepted");
         }
@@ -138,21 +140,26 @@ fn run(config: Config) -> ExitCode {
         }
     };
     let handle = server.shutdown_handle();
-    let mut signals =
-        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("corecast: cannot install signal handlers: {e}");
-                return ExitCode::from(1);
-            }
-        };
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("corecast: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     std::thread::Builder::new()
         .name("corecast-signals".into())
         .spawn(move || {
             let mut first = true;
             for sig in signals.forever() {
                 if first {
-                    info!(signal = sig, "shutting down gracefully (signal again to exit at once)");
+                    info!(
+                        signal = sig,
+                        "shutting down gracefully (signal again to exit at once)"
+                    );
                     handle.shutdown();
                     first = false;
                 } else {

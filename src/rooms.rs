@@ -153,7 +153,12 @@ impl HomeRooms {
         self.rooms.is_empty()
     }
 
-    fn room_mut(&mut self, room: &Arc<str>, now_ms: u64, new_epoch: impl FnOnce() -> Arc<str>) -> &mut HomeRoom {
+    fn room_mut(
+        &mut self,
+        room: &Arc<str>,
+        now_ms: u64,
+        new_epoch: impl FnOnce() -> Arc<str>,
+    ) -> &mut HomeRoom {
         let cores = self.cores;
         let r = self.rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
             seq: 0,
@@ -199,7 +204,13 @@ impl HomeRooms {
     /// Unregisters a member connection of `user` on `core`. Returns the
     /// user's name when this was their last connection (`left` is due).
     /// A room left with no members and no messages is dropped at once.
-    pub fn leave(&mut self, room: &str, core: usize, user: &str, now_ms: u64) -> Option<Option<Arc<str>>> {
+    pub fn leave(
+        &mut self,
+        room: &str,
+        core: usize,
+        user: &str,
+        now_ms: u64,
+    ) -> Option<Option<Arc<str>>> {
         let r = self.rooms.get_mut(room)?;
         r.last_active_ms = now_ms;
         r.cores[core] = r.cores[core].saturating_sub(1);
@@ -217,7 +228,12 @@ impl HomeRooms {
     }
 
     /// Assigns the next seq of `room` (creating it for publish-only senders).
-    pub fn sequence(&mut self, room: &Arc<str>, now_ms: u64, new_epoch: impl FnOnce() -> Arc<str>) -> &HomeRoom {
+    pub fn sequence(
+        &mut self,
+        room: &Arc<str>,
+        now_ms: u64,
+        new_epoch: impl FnOnce() -> Arc<str>,
+    ) -> &HomeRoom {
         let r = self.room_mut(room, now_ms, new_epoch);
         r.seq += 1;
         r
@@ -264,15 +280,60 @@ mod tests {
         let r: Arc<str> = "a".into();
         let u1: Arc<str> = "u1".into();
         let u2: Arc<str> = "u2".into();
-        let o = h.join(&r, Member { core: 0, user: &u1, name: None }, false, 0, epoch);
+        let o = h.join(
+            &r,
+            Member {
+                core: 0,
+                user: &u1,
+                name: None,
+            },
+            false,
+            0,
+            epoch,
+        );
         assert_eq!((o.first, o.members, o.seq), (true, 1, 0));
-        let o = h.join(&r, Member { core: 1, user: &u1, name: None }, false, 0, epoch);
+        let o = h.join(
+            &r,
+            Member {
+                core: 1,
+                user: &u1,
+                name: None,
+            },
+            false,
+            0,
+            epoch,
+        );
         assert!(!o.first, "second connection of u1");
-        let o = h.join(&r, Member { core: 1, user: &u2, name: None }, false, 0, epoch);
+        let o = h.join(
+            &r,
+            Member {
+                core: 1,
+                user: &u2,
+                name: None,
+            },
+            false,
+            0,
+            epoch,
+        );
         assert_eq!((o.first, o.members), (true, 2));
         assert_eq!(h.get("a").unwrap().interested().collect::<Vec<_>>(), [0, 1]);
         assert_eq!(h.sequence(&r, 0, epoch).seq, 1);
-        assert_eq!(h.join(&r, Member { core: 1, user: &u2, name: None }, true, 0, epoch).seq, 1, "rejoin reports position");
+        assert_eq!(
+            h.join(
+                &r,
+                Member {
+                    core: 1,
+                    user: &u2,
+                    name: None
+                },
+                true,
+                0,
+                epoch
+            )
+            .seq,
+            1,
+            "rejoin reports position"
+        );
 
         assert_eq!(h.leave("a", 0, "u1", 0), None, "u1 still on core 1");
         assert_eq!(h.get("a").unwrap().interested().collect::<Vec<_>>(), [1]);
@@ -289,7 +350,17 @@ mod tests {
         let mut h = HomeRooms::new(1, 1000);
         let r: Arc<str> = "a".into();
         let u: Arc<str> = "u".into();
-        h.join(&r, Member { core: 0, user: &u, name: None }, false, 0, epoch);
+        h.join(
+            &r,
+            Member {
+                core: 0,
+                user: &u,
+                name: None,
+            },
+            false,
+            0,
+            epoch,
+        );
         h.leave("a", 0, "u", 0);
         assert!(h.is_empty());
     }

@@ -94,11 +94,8 @@ impl Server {
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let pin = shared.config.pin && !cpus.is_empty();
         let mut threads = Vec::with_capacity(cores);
-        for (id, ((poll, listener), inbox)) in polls
-            .into_iter()
-            .zip(listeners)
-            .zip(inboxes)
-            .enumerate()
+        for (id, ((poll, listener), inbox)) in
+            polls.into_iter().zip(listeners).zip(inboxes).enumerate()
         {
             let init = CoreInit {
                 id,

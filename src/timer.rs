@@ -153,7 +153,9 @@ mod tests {
         let mut rng = 12345u64;
         let mut deadlines = Vec::new();
         for i in 0..10_000u64 {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let at = (rng >> 33) % 5000;
             deadlines.push(at);
             w.insert(at, (i, at));

@@ -159,7 +159,12 @@ pub fn json_response(status: u16, extra_headers: &[(&str, &str)], body: &str) ->
 }
 
 /// A JSON error response: `{"error":{"code":..,"message":..}}`.
-pub fn error_response(status: u16, code: &str, message: &str, extra_headers: &[(&str, &str)]) -> Vec<u8> {
+pub fn error_response(
+    status: u16,
+    code: &str,
+    message: &str,
+    extra_headers: &[(&str, &str)],
+) -> Vec<u8> {
     let mut body = String::from("{\"error\":{\"code\":");
     crate::proto::event::push_json_str(&mut body, code);
     body.push_str(",\"message\":");
@@ -228,13 +233,19 @@ mod tests {
     #[test]
     fn partial_malformed_and_refused() {
         assert!(parse_head(b"GET /ws HTTP/1.1\r\nHost:").unwrap().is_none());
-        assert!(matches!(parse_head(b"\x00\x01 nonsense\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            parse_head(b"\x00\x01 nonsense\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
         let mut many = String::from("GET / HTTP/1.1\r\n");
         for i in 0..100 {
             many.push_str(&format!("x{i}: y\r\n"));
         }
         many.push_str("\r\n");
-        assert_eq!(parse_head(many.as_bytes()).unwrap_err(), HeadError::TooLarge);
+        assert_eq!(
+            parse_head(many.as_bytes()).unwrap_err(),
+            HeadError::TooLarge
+        );
         let (req, _) = parse_head(b"GET /ws HTTP/1.1\r\n\r\n").unwrap().unwrap();
         assert!(check_upgrade(&req).is_err());
         let (req, _) = parse_head(
@@ -248,7 +259,8 @@ mod tests {
 
     #[test]
     fn error_bodies_are_json() {
-        let r = String::from_utf8(error_response(404, "not_found", "no \"such\" route", &[])).unwrap();
+        let r =
+            String::from_utf8(error_response(404, "not_found", "no \"such\" route", &[])).unwrap();
         let (head, body) = r.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 404 Not Found"));
         assert!(head.contains(&format!("content-length: {}", body.len())));

@@ -16,10 +16,10 @@ pub mod listener;
 use crate::auth::{Authenticator, Identity, unix_now};
 use crate::bus::{Bus, BusMsg, ConnRef, Inbox, Outbox, ReplyTo, home_core};
 use crate::config::Config;
+use crate::proto::close;
 use crate::proto::command::CommandParser;
 use crate::proto::event::{self, Event};
 use crate::proto::session::{Ctx, Output, Session, SessionConfig};
-use crate::proto::close;
 use crate::rooms::{HomeRooms, LocalRooms, Member};
 use crate::timer::TimerWheel;
 use http::{Route, check_upgrade, error_response, json_response, switching_protocols};
@@ -380,7 +380,11 @@ impl Core {
         }
         let left = self.conns.len();
         if left > 0 {
-            info!(core = self.id, connections = left, "drain deadline reached; dropping the rest");
+            info!(
+                core = self.id,
+                connections = left,
+                "drain deadline reached; dropping the rest"
+            );
         }
         debug!(core = self.id, "core loop exits");
     }
@@ -542,11 +546,17 @@ impl Core {
                         }
                         Ok(None) if h.buf.len() < http::MAX_HEAD => {}
                         Ok(_) | Err(http::HeadError::TooLarge) => {
-                            let r = error_response(431, "bad_request", "request head too large", &[]);
+                            let r =
+                                error_response(431, "bad_request", "request head too large", &[]);
                             return self.respond(key, r, Then::Close);
                         }
                         Err(http::HeadError::Malformed(m)) => {
-                            let r = error_response(400, "bad_request", &format!("malformed request: {m}"), &[]);
+                            let r = error_response(
+                                400,
+                                "bad_request",
+                                &format!("malformed request: {m}"),
+                                &[],
+                            );
                             return self.respond(key, r, Then::Close);
                         }
                     }
@@ -563,32 +573,47 @@ impl Core {
         let get = req.method == "GET";
         let resp = match route {
             Route::NotFound => error_response(404, "not_found", "no such route", &[]),
-            Route::Echo if !self.shared.config.echo => {
-                error_response(404, "not_found", "the echo route is disabled (config `echo`)", &[])
-            }
+            Route::Echo if !self.shared.config.echo => error_response(
+                404,
+                "not_found",
+                "the echo route is disabled (config `echo`)",
+                &[],
+            ),
             Route::Health if get || req.method == "HEAD" => self.health_response(),
             _ if !get => error_response(405, "method_not_allowed", "use GET", &[("allow", "GET")]),
             Route::Health => unreachable!("handled above"),
-            Route::Ws | Route::Echo => match self.upgrade_request(&req, route == Route::Echo, leftover) {
-                Ok(up) => {
-                    let ws_key = req.ws_key.as_deref().unwrap_or_default();
-                    if let Some(conn) = self.conns.get_mut(key) {
-                        conn.counted = true;
+            Route::Ws | Route::Echo => {
+                match self.upgrade_request(&req, route == Route::Echo, leftover) {
+                    Ok(up) => {
+                        let ws_key = req.ws_key.as_deref().unwrap_or_default();
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.counted = true;
+                        }
+                        return self.respond(key, switching_protocols(ws_key), Then::Upgrade(up));
                     }
-                    return self.respond(key, switching_protocols(ws_key), Then::Upgrade(up));
+                    Err(resp) => resp,
                 }
-                Err(resp) => resp,
-            },
+            }
         };
         self.respond(key, resp, Then::Close);
     }
 
     /// Validates an upgrade and reserves a connection slot; `Err` is the
     /// HTTP response refusing it.
-    fn upgrade_request(&mut self, req: &http::Request, echo: bool, leftover: Vec<u8>) -> Result<Box<Upgrade>, Vec<u8>> {
+    fn upgrade_request(
+        &mut self,
+        req: &http::Request,
+        echo: bool,
+        leftover: Vec<u8>,
+    ) -> Result<Box<Upgrade>, Vec<u8>> {
         check_upgrade(req)?;
         if self.draining_until.is_some() {
-            return Err(error_response(503, "overloaded", "server is shutting down", &[("retry-after", "1")]));
+            return Err(error_response(
+                503,
+                "overloaded",
+                "server is shutting down",
+                &[("retry-after", "1")],
+            ));
         }
         let identity = if echo {
             None
@@ -607,7 +632,10 @@ impl Core {
         let max = self.shared.config.limits.max_connections;
         if self.shared.connections.fetch_add(1, Ordering::Relaxed) >= max {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
-            info!(core = self.id, max, "upgrade refused: connection limit reached");
+            info!(
+                core = self.id,
+                max, "upgrade refused: connection limit reached"
+            );
             return Err(error_response(
                 503,
                 "overloaded",
@@ -783,7 +811,11 @@ impl Core {
                     return self.close_ws(key, close::TOO_BIG, "message too big");
                 }
                 Err(tungstenite::Error::Utf8(_)) => {
-                    return self.close_ws(key, close::INVALID_PAYLOAD, "text frame is not valid UTF-8");
+                    return self.close_ws(
+                        key,
+                        close::INVALID_PAYLOAD,
+                        "text frame is not valid UTF-8",
+                    );
                 }
                 Err(tungstenite::Error::Protocol(e)) => {
                     debug!(core = self.id, error = %e, "websocket protocol error");
@@ -863,7 +895,11 @@ impl Core {
         }
     }
 
-    fn with_session<R>(&mut self, key: usize, f: impl FnOnce(&mut Session, &Ctx<'_>) -> R) -> Option<R> {
+    fn with_session<R>(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut Session, &Ctx<'_>) -> R,
+    ) -> Option<R> {
         let Conn {
             state: State::Ws(ws),
             ..
@@ -1094,13 +1130,9 @@ impl Core {
                     user: &user,
                     name: name.as_ref(),
                 };
-                let o = self.home.join(
-                    &room,
-                    member,
-                    rejoin,
-                    self.now_ms,
-                    || Self::new_epoch(rng),
-                );
+                let o = self
+                    .home
+                    .join(&room, member, rejoin, self.now_ms, || Self::new_epoch(rng));
                 let mut ack = Event::new("ack")
                     .id(id.as_ref())
                     .str("room", &room)
@@ -1145,7 +1177,14 @@ impl Core {
         }
     }
 
-    fn join_acked(&mut self, room: Arc<str>, conn: ConnRef, user: Arc<str>, frame: Utf8Bytes, rejoin: bool) {
+    fn join_acked(
+        &mut self,
+        room: Arc<str>,
+        conn: ConnRef,
+        user: Arc<str>,
+        frame: Utf8Bytes,
+        rejoin: bool,
+    ) {
         let key = conn.key as usize;
         let member = match self.conns.get_mut(key) {
             Some(Conn {
@@ -1243,9 +1282,18 @@ impl Core {
             (TimerKind::Heartbeat, State::Ws(ws)) if !ws.closing => {
                 let hb = self.shared.config.heartbeat * 1000;
                 if self.now_ms.saturating_sub(ws.last_rx_ms) >= 2 * hb {
-                    let session = ws.session.as_ref().map(|s| s.id.to_string()).unwrap_or_default();
-                    info!(core = self.id, session, code = "none", reason = "heartbeat timeout",
-                        "dropping connection: silent for two heartbeat intervals");
+                    let session = ws
+                        .session
+                        .as_ref()
+                        .map(|s| s.id.to_string())
+                        .unwrap_or_default();
+                    info!(
+                        core = self.id,
+                        session,
+                        code = "none",
+                        reason = "heartbeat timeout",
+                        "dropping connection: silent for two heartbeat intervals"
+                    );
                     return self.remove_conn(key);
                 }
                 self.write_msg(key, Message::Ping(Default::default()));
@@ -1264,7 +1312,12 @@ impl Core {
                     .flatten();
                 self.outputs = outputs;
                 if let Some(grace) = grace {
-                    self.timer(self.now_ms + grace * 1000, key, t.generation, TimerKind::ExpiryGrace);
+                    self.timer(
+                        self.now_ms + grace * 1000,
+                        key,
+                        t.generation,
+                        TimerKind::ExpiryGrace,
+                    );
                 }
                 self.apply_outputs(key, t.generation);
             }
@@ -1314,11 +1367,17 @@ impl Core {
             let (session, user) = match &ws.session {
                 Some(s) => (
                     s.id.to_string(),
-                    s.identity.as_ref().map(|i| i.user.to_string()).unwrap_or_default(),
+                    s.identity
+                        .as_ref()
+                        .map(|i| i.user.to_string())
+                        .unwrap_or_default(),
                 ),
                 None => ("echo".to_string(), String::new()),
             };
-            info!(core = self.id, session, user, code, reason, "closing connection");
+            info!(
+                core = self.id,
+                session, user, code, reason, "closing connection"
+            );
         }
         // Room for the close frame even when the backlog is full (4009).
         ws.ctx.set_config(|c| c.max_write_buffer_size = usize::MAX);
@@ -1332,7 +1391,12 @@ impl Core {
             Err(_) => return self.remove_conn(key),
         }
         self.mark_dirty(key);
-        self.timer(self.now_ms + CLOSE_TIMEOUT_MS, key, generation, TimerKind::CloseDeadline);
+        self.timer(
+            self.now_ms + CLOSE_TIMEOUT_MS,
+            key,
+            generation,
+            TimerKind::CloseDeadline,
+        );
     }
 
     /// Removes a connection at once: leaves its rooms and frees its slot.
@@ -1373,7 +1437,11 @@ impl Core {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        info!(core = self.id, connections = self.conns.len(), "draining: asking clients to reconnect");
+        info!(
+            core = self.id,
+            connections = self.conns.len(),
+            "draining: asking clients to reconnect"
+        );
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let (is_ws, has_session) = match &self.conns[key].state {
@@ -1399,7 +1467,13 @@ impl Core {
 
 /// Queues `msg` on a WebSocket connection; marks it dirty; records a
 /// needed close (backlog full: 4009; I/O error: drop).
-fn write_ws(conn: &mut Conn, key: usize, msg: Message, dirty: &mut Vec<usize>, to_close: &mut Vec<(usize, u32, Closing)>) {
+fn write_ws(
+    conn: &mut Conn,
+    key: usize,
+    msg: Message,
+    dirty: &mut Vec<usize>,
+    to_close: &mut Vec<(usize, u32, Closing)>,
+) {
     let State::Ws(ws) = &mut conn.state else {
         return;
     };
@@ -1410,7 +1484,11 @@ fn write_ws(conn: &mut Conn, key: usize, msg: Message, dirty: &mut Vec<usize>, t
         Ok(()) => {}
         Err(e) if ws_would_block(&e) => {}
         Err(tungstenite::Error::WriteBufferFull(_)) => {
-            to_close.push((key, conn.generation, Closing::Ws(close::SLOW_CONSUMER, "slow consumer")));
+            to_close.push((
+                key,
+                conn.generation,
+                Closing::Ws(close::SLOW_CONSUMER, "slow consumer"),
+            ));
         }
         Err(_) => to_close.push((key, conn.generation, Closing::Drop("write failed"))),
     }

@@ -299,10 +299,7 @@ fn read_id(obj: &Object<'_, '_>) -> Result<Option<Id>, CommandError> {
 }
 
 fn missing(field: &'static str) -> CommandError {
-    CommandError::new(
-        ErrorCode::MissingField,
-        format!("missing field `{field}`"),
-    )
+    CommandError::new(ErrorCode::MissingField, format!("missing field `{field}`"))
 }
 
 fn wrong_type(field: &'static str, expected: &'static str) -> CommandError {
@@ -334,7 +331,9 @@ fn req_data<'t, 'a>(obj: &Object<'t, 'a>) -> Result<Data<'t, 'a>, CommandError> 
 
 fn read_command<'t, 'a>(obj: &Object<'t, 'a>) -> Result<Command<'t, 'a>, CommandError> {
     let ty = obj.get("type").ok_or_else(|| missing("type"))?;
-    let ty = ty.into_string().ok_or_else(|| wrong_type("type", "a string"))?;
+    let ty = ty
+        .into_string()
+        .ok_or_else(|| wrong_type("type", "a string"))?;
     Ok(match ty {
         "publish" => Command::Publish {
             room: req_str(obj, "room")?,
@@ -421,8 +420,9 @@ mod tests {
 
     #[test]
     fn publish_keeps_data_order_and_id() {
-        let (id, cmd) =
-            parse(r#"{"type":"publish","id":"p1","room":"lobby","data":{"z":1,"a":[true,null,"x\n"]}}"#);
+        let (id, cmd) = parse(
+            r#"{"type":"publish","id":"p1","room":"lobby","data":{"z":1,"a":[true,null,"x\n"]}}"#,
+        );
         assert_eq!(id.as_deref(), Some("\"p1\""));
         assert_eq!(
             cmd.unwrap(),
@@ -432,7 +432,8 @@ mod tests {
 
     #[test]
     fn integer_ids_and_escaped_strings() {
-        let (id, cmd) = parse(r#"{"id":-5,"type":"join","room":"lo\u0062by","since":{"epoch":"e","seq":3}}"#);
+        let (id, cmd) =
+            parse(r#"{"id":-5,"type":"join","room":"lo\u0062by","since":{"epoch":"e","seq":3}}"#);
         assert_eq!(id.as_deref(), Some("-5"));
         assert_eq!(
             cmd.unwrap(),
@@ -444,18 +445,27 @@ mod tests {
     fn errors_carry_codes() {
         assert_eq!(parse("{nope").1.unwrap_err().0, ErrorCode::BadJson);
         assert_eq!(parse("[1]").1.unwrap_err().0, ErrorCode::BadJson);
-        assert_eq!(parse(r#"{"room":"x"}"#).1.unwrap_err().0, ErrorCode::MissingField);
+        assert_eq!(
+            parse(r#"{"room":"x"}"#).1.unwrap_err().0,
+            ErrorCode::MissingField
+        );
         let (id, r) = parse(r#"{"id":1,"type":"fly"}"#);
         assert_eq!(id.as_deref(), Some("1"));
         assert_eq!(r.unwrap_err().0, ErrorCode::UnknownType);
         let (id, r) = parse(r#"{"id":2,"type":"join","room":5}"#);
         assert_eq!(id.as_deref(), Some("2"));
-        assert_eq!(r.unwrap_err(), (ErrorCode::BadJson, "field `room` must be a string".into()));
+        assert_eq!(
+            r.unwrap_err(),
+            (ErrorCode::BadJson, "field `room` must be a string".into())
+        );
         assert_eq!(
             parse(r#"{"type":"publish","room":"x"}"#).1.unwrap_err(),
             (ErrorCode::MissingField, "missing field `data`".into())
         );
-        assert_eq!(parse(r#"{"id":1.5,"type":"ping"}"#).1.unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(
+            parse(r#"{"id":1.5,"type":"ping"}"#).1.unwrap_err().0,
+            ErrorCode::BadJson
+        );
     }
 
     #[test]

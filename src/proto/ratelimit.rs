@@ -57,7 +57,8 @@ impl TokenBucket {
         let now = now_ms as u32;
         let elapsed = now.wrapping_sub(self.last_ms);
         self.last_ms = now;
-        self.tokens = (self.tokens + elapsed as f32 * (p.per_sec as f32 / 1000.0)).min(p.burst as f32);
+        self.tokens =
+            (self.tokens + elapsed as f32 * (p.per_sec as f32 / 1000.0)).min(p.burst as f32);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             if !self.last_limited {
@@ -119,7 +120,11 @@ mod tests {
             verdicts.push((now, b.take(&P, now)));
             now += 1;
         }
-        let first_kick = verdicts.iter().find(|(_, v)| *v == Verdict::Kick).unwrap().0;
+        let first_kick = verdicts
+            .iter()
+            .find(|(_, v)| *v == Verdict::Kick)
+            .unwrap()
+            .0;
         assert!((2000..2200).contains(&first_kick), "kick at {first_kick}");
 
         // limited for a while, then the client slows down: no kick

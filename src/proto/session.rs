@@ -383,7 +383,12 @@ impl Session {
                     return self.error(id, ErrorCode::InvalidRoom, "invalid room name", out);
                 }
                 if !ident.rooms.matches(room) {
-                    return self.error(id, ErrorCode::Forbidden, "not allowed to join this room", out);
+                    return self.error(
+                        id,
+                        ErrorCode::Forbidden,
+                        "not allowed to join this room",
+                        out,
+                    );
                 }
                 let (room, rejoin) = match self.room(room) {
                     Some(r) => (r.name.clone(), true),
@@ -427,7 +432,10 @@ impl Session {
             | Command::Direct { .. }
             | Command::History { .. }
             | Command::Members { .. }) => {
-                let msg = format!("`{}` is not available in this server version yet", other.name());
+                let msg = format!(
+                    "`{}` is not available in this server version yet",
+                    other.name()
+                );
                 self.error(id, ErrorCode::Unsupported, &msg, out);
             }
         }
@@ -556,7 +564,10 @@ mod tests {
         assert_eq!(error_code(&out), "not_member");
 
         let out = h.send(&mut s, r#"{"type":"join","id":1,"room":"a"}"#);
-        let Output::Join { room, rejoin, id, .. } = &out[0] else {
+        let Output::Join {
+            room, rejoin, id, ..
+        } = &out[0]
+        else {
             panic!("{out:?}")
         };
         assert!(!rejoin);
@@ -564,18 +575,27 @@ mod tests {
         assert_eq!(s.pending_join.as_deref(), Some("a"));
         s.join_done(room.clone(), Some(0));
 
-        let out = h.send(&mut s, r#"{"type":"publish","id":"x","room":"a","data":{"k":"v"}}"#);
+        let out = h.send(
+            &mut s,
+            r#"{"type":"publish","id":"x","room":"a","data":{"k":"v"}}"#,
+        );
         let Output::Publish { room, tail, .. } = &out[0] else {
             panic!("{out:?}")
         };
         assert_eq!(&**room, "a");
-        assert!(tail.starts_with(r#"{"user":"anon:s_1"},"data":{"k":"v"}}"#), "{tail}");
+        assert!(
+            tail.starts_with(r#"{"user":"anon:s_1"},"data":{"k":"v"}}"#),
+            "{tail}"
+        );
 
         let out = h.send(&mut s, r#"{"type":"leave","id":2,"room":"a"}"#);
         assert_eq!(frames(&out)[0]["type"], "ack");
         assert!(matches!(&out[1], Output::Leave { slot: 0, .. }));
         assert!(s.rooms.is_empty());
-        assert_eq!(error_code(&h.send(&mut s, r#"{"type":"leave","room":"a"}"#)), "not_member");
+        assert_eq!(
+            error_code(&h.send(&mut s, r#"{"type":"leave","room":"a"}"#)),
+            "not_member"
+        );
     }
 
     #[test]
@@ -591,16 +611,25 @@ mod tests {
             panic!()
         };
         s.join_done(room.clone(), Some(0));
-        assert_eq!(error_code(&h.send(&mut s, r#"{"type":"join","room":"b"}"#)), "room_limit");
+        assert_eq!(
+            error_code(&h.send(&mut s, r#"{"type":"join","room":"b"}"#)),
+            "room_limit"
+        );
         // joining a room again is a rejoin, not a limit error
         assert!(matches!(
             h.send(&mut s, r#"{"type":"join","room":"a"}"#)[0],
             Output::Join { rejoin: true, .. }
         ));
         s.join_done("a".into(), None);
-        let big = format!(r#"{{"type":"publish","room":"a","data":"{}"}}"#, "x".repeat(100));
+        let big = format!(
+            r#"{{"type":"publish","room":"a","data":"{}"}}"#,
+            "x".repeat(100)
+        );
         assert_eq!(error_code(&h.send(&mut s, &big)), "too_large");
-        assert_eq!(error_code(&h.send(&mut s, r#"{"type":"typing","room":"a","typing":true}"#)), "unsupported");
+        assert_eq!(
+            error_code(&h.send(&mut s, r#"{"type":"typing","room":"a","typing":true}"#)),
+            "unsupported"
+        );
     }
 
     #[test]
@@ -613,7 +642,10 @@ mod tests {
             ..Default::default()
         });
         let mut s = Session::new("s_2".into(), Some(h.auth.verify(&t).unwrap()), &h.cfg, 0);
-        assert_eq!(error_code(&h.send(&mut s, r#"{"type":"join","room":"lobby"}"#)), "forbidden");
+        assert_eq!(
+            error_code(&h.send(&mut s, r#"{"type":"join","room":"lobby"}"#)),
+            "forbidden"
+        );
         // publish-only access without membership
         assert!(matches!(
             h.send(&mut s, r#"{"type":"publish","room":"alerts","data":0}"#)[0],
@@ -636,7 +668,10 @@ mod tests {
             ttl: Some(60),
             ..Default::default()
         });
-        let out = h.send(&mut s, &format!(r#"{{"type":"auth","id":"a","token":"{t}"}}"#));
+        let out = h.send(
+            &mut s,
+            &format!(r#"{{"type":"auth","id":"a","token":"{t}"}}"#),
+        );
         let f = frames(&out);
         assert_eq!(f[0]["type"], "welcome");
         assert_eq!(f[0]["id"], "a");
@@ -647,7 +682,10 @@ mod tests {
         let out = h.send(&mut s, r#"{"type":"auth","token":"nope"}"#);
         assert_eq!(error_code(&out), "unauthorized");
         assert!(matches!(out[1], Output::Close { code: 4001, .. }));
-        assert!(h.send(&mut s, r#"{"type":"ping"}"#).is_empty(), "closing: input ignored");
+        assert!(
+            h.send(&mut s, r#"{"type":"ping"}"#).is_empty(),
+            "closing: input ignored"
+        );
 
         let mut s = Session::new("s_5".into(), None, &h.cfg, 0);
         let out = h.send(&mut s, r#"{"type":"ping"}"#);
@@ -674,7 +712,10 @@ mod tests {
         assert_eq!(s.on_token_expiry(&h.ctx(), &mut out), None);
         // pretend time passed by making the token already expired
         s.identity.as_mut().unwrap().exp = Some(unix_now() - 1);
-        assert_eq!(s.on_token_expiry(&h.ctx(), &mut out), Some(h.cfg.expiry_grace));
+        assert_eq!(
+            s.on_token_expiry(&h.ctx(), &mut out),
+            Some(h.cfg.expiry_grace)
+        );
         assert_eq!(error_code(&out), "token_expired");
         // a fresh token for the same user cancels the close
         let fresh = token(TokenSpec {
@@ -682,8 +723,14 @@ mod tests {
             ttl: Some(60),
             ..Default::default()
         });
-        let out = h.send(&mut s, &format!(r#"{{"type":"auth","id":3,"token":"{fresh}"}}"#));
-        assert_eq!(frames(&out)[0], serde_json::json!({"type":"ack","id":3,"user":"u1"}));
+        let out = h.send(
+            &mut s,
+            &format!(r#"{{"type":"auth","id":3,"token":"{fresh}"}}"#),
+        );
+        assert_eq!(
+            frames(&out)[0],
+            serde_json::json!({"type":"ack","id":3,"user":"u1"})
+        );
         let mut out = Vec::new();
         s.on_expiry_grace(&h.ctx(), &mut out);
         assert!(out.is_empty());
@@ -708,15 +755,24 @@ mod tests {
         let mut h = H::new(10);
         let mut s = h.anon();
         for _ in 0..10 {
-            assert_eq!(frames(&h.send(&mut s, r#"{"type":"ping"}"#))[0]["type"], "pong");
+            assert_eq!(
+                frames(&h.send(&mut s, r#"{"type":"ping"}"#))[0]["type"],
+                "pong"
+            );
         }
-        assert_eq!(error_code(&h.send(&mut s, r#"{"type":"ping","id":1}"#)), "rate_limited");
+        assert_eq!(
+            error_code(&h.send(&mut s, r#"{"type":"ping","id":1}"#)),
+            "rate_limited"
+        );
         // keep flooding for longer than rate_kick_after (10 s)
         let mut kicked = false;
         for _ in 0..12_000 {
             h.now_ms += 1;
             let out = h.send(&mut s, r#"{"type":"ping"}"#);
-            if out.iter().any(|o| matches!(o, Output::Close { code: 4008, .. })) {
+            if out
+                .iter()
+                .any(|o| matches!(o, Output::Close { code: 4008, .. }))
+            {
                 kicked = true;
                 break;
             }
@@ -733,7 +789,9 @@ mod tests {
         for i in 0..MAX_BAD_FRAMES {
             let out = h.send(&mut s, "{oops");
             assert_eq!(error_code(&out), "bad_json");
-            let closed = out.iter().any(|o| matches!(o, Output::Close { code: 1008, .. }));
+            let closed = out
+                .iter()
+                .any(|o| matches!(o, Output::Close { code: 1008, .. }));
             assert_eq!(closed, i + 1 == MAX_BAD_FRAMES);
         }
     }

@@ -1,0 +1,391 @@
+//! Shared helpers for the integration tests: an in-process server on a free
+//! loopback port, the server binary as a child process, a blocking
+//! WebSocket client (tungstenite) with timeouts, and raw HTTP requests.
+#![allow(dead_code)]
+
+use corecast::{Config, Server};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// Secret used by tests that need tokens.
+pub const SECRET: &str = "integration-test-secret";
+/// How long a test waits for any one expected event.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process; drained and joined on drop.
+pub struct TestServer {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1:0 with 2 cores; `f` adjusts the config.
+    pub fn start(f: impl FnOnce(&mut Config)) -> TestServer {
+        let mut c = Config::default();
+        c.listen = "127.0.0.1:0".into();
+        c.cores = 2;
+        c.pin = false;
+        f(&mut c);
+        let server = Server::start(c).expect("server starts");
+        let addr = server.local_addr();
+        TestServer {
+            server: Some(server),
+            addr,
+        }
+    }
+
+    /// A server that requires tokens signed with [`SECRET`].
+    pub fn with_auth(f: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start(|c| {
+            c.auth.secret = Some(SECRET.into());
+            f(c);
+        })
+    }
+
+    /// `ws://addr{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Drains the server and waits for its cores to exit.
+    pub fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+/// Signs a token with [`SECRET`].
+pub fn token(sub: &str, f: impl FnOnce(&mut corecast::auth::TokenSpec)) -> String {
+    let mut spec = corecast::auth::TokenSpec {
+        sub: sub.into(),
+        ..Default::default()
+    };
+    f(&mut spec);
+    corecast::auth::sign_token(SECRET, &spec)
+}
+
+/// A blocking WebSocket client.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+/// Why a connection attempt failed: the HTTP status and body, or an I/O error text.
+#[derive(Debug)]
+pub enum ConnectError {
+    Http(u16, String),
+    Other(String),
+}
+
+impl Client {
+    /// Connects to `url` (ws://host:port/path?query) with extra request headers.
+    pub fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Client, ConnectError> {
+        use tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().expect("valid url");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let host = req.uri().authority().unwrap().as_str().to_string();
+        let stream = TcpStream::connect(&host).map_err(|e| ConnectError::Other(e.to_string()))?;
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        match tungstenite::client(req, stream) {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err(ConnectError::Http(resp.status().as_u16(), body))
+            }
+            Err(e) => Err(ConnectError::Other(e.to_string())),
+        }
+    }
+
+    /// Connects to `url`; panics on failure.
+    pub fn connect(url: &str) -> Client {
+        Self::try_connect_with(url, &[]).unwrap_or_else(|e| panic!("connect {url}: {e:?}"))
+    }
+
+    /// Connects and reads the `welcome`.
+    pub fn connect_welcome(url: &str) -> (Client, Value) {
+        let mut c = Self::connect(url);
+        let w = c.recv_type("welcome");
+        (c, w)
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    /// Sends a raw text frame.
+    pub fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s)).expect("send");
+    }
+
+    /// The next text frame as JSON (pings and pongs are skipped; a close
+    /// or an error panics with what happened).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    return serde_json::from_str(&t).unwrap_or_else(|e| panic!("{t}: {e}"));
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(other) => panic!("expected a text frame, got {other:?}"),
+                Err(e) => panic!("expected a text frame, got error {e}"),
+            }
+        }
+    }
+
+    /// The next event, which must have type `ty`.
+    pub fn recv_type(&mut self, ty: &str) -> Value {
+        let v = self.recv();
+        assert_eq!(v["type"], ty, "expected a {ty} event, got {v}");
+        v
+    }
+
+    /// The next event, which must be an `error` with `code`.
+    pub fn expect_error(&mut self, code: &str) -> Value {
+        let v = self.recv_type("error");
+        assert_eq!(v["code"], code, "{v}");
+        v
+    }
+
+    /// Sends `cmd` and returns the next event (its reply).
+    pub fn request(&mut self, cmd: Value) -> Value {
+        self.send(cmd);
+        self.recv()
+    }
+
+    /// Joins `room` and returns the `ack`.
+    pub fn join(&mut self, room: &str) -> Value {
+        let ack = self.request(json!({"type":"join","id":"j","room":room}));
+        assert_eq!(ack["type"], "ack", "join {room}: {ack}");
+        ack
+    }
+
+    /// Reads until the server closes; returns the close code (None when the
+    /// TCP connection ended without a close frame). Text frames before the
+    /// close are returned too.
+    pub fn read_until_close(&mut self) -> (Option<u16>, String, Vec<Value>) {
+        let mut texts = Vec::new();
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => texts.push(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Close(frame)) => {
+                    // Finish the handshake; ignore errors.
+                    let _ = self.ws.flush();
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return (Some(code), reason, texts);
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return (None, String::new(), texts);
+                }
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("timed out waiting for the server to close");
+                }
+                Err(_) => return (None, String::new(), texts),
+            }
+        }
+    }
+
+    /// Reads until close and asserts the close code.
+    pub fn expect_close(&mut self, code: u16) -> Vec<Value> {
+        let (got, reason, texts) = self.read_until_close();
+        assert_eq!(
+            got,
+            Some(code),
+            "close reason {reason:?}, frames before: {texts:?}"
+        );
+        texts
+    }
+
+    /// Sends a close frame.
+    pub fn close(&mut self) {
+        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }));
+        let _ = self.ws.flush();
+    }
+}
+
+/// A raw HTTP/1.1 exchange: sends `request` bytes, reads until the server
+/// closes, returns (status, head, body).
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// `GET path` over raw HTTP.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// The server binary as a child process, with its log captured.
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ChildServer {
+    /// Starts `corecast` with `env` variables (CORECAST_LISTEN defaults to a
+    /// free port) and waits until it logs that it listens.
+    pub fn start(env: &[(&str, &str)]) -> ChildServer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
+        cmd.env_clear()
+            .env("CORECAST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !env.iter().any(|(k, _)| *k == "CORECAST_LISTEN") {
+            cmd.env("CORECAST_LISTEN", "127.0.0.1:0");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn corecast");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let plain = strip_ansi(&line);
+                    if let Some(rest) = plain.split("addr=").nth(1)
+                        && plain.contains("listening")
+                    {
+                        let addr = rest.split_whitespace().next().unwrap().to_string();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(plain);
+                }
+            });
+        }
+        let addr = rx
+            .recv_timeout(WAIT)
+            .expect("server logged its listen address")
+            .parse()
+            .unwrap();
+        ChildServer { child, addr, log }
+    }
+
+    /// `ws://addr{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Lines logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Resident set size of the server process, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
