@@ -26,10 +26,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on 127.0.0.1:0 with 2 cores; `f` adjusts the config.
     pub fn start(f: impl FnOnce(&mut Config)) -> TestServer {
-        let mut c = Config::default();
-        c.listen = "127.0.0.1:0".into();
-        c.cores = 2;
-        c.pin = false;
+        let mut c = Config {
+            listen: "127.0.0.1:0".into(),
+            cores: 2,
+            pin: false,
+            ..Default::default()
+        };
         f(&mut c);
         let server = Server::start(c).expect("server starts");
         let addr = server.local_addr();
