@@ -528,6 +528,9 @@ impl Core {
             let State::Http(h) = &mut conn.state else {
                 return;
             };
+            if matches!(h.then, Then::Upgrade(_)) {
+                return; // bytes after the request belong to the WebSocket: leave them queued
+            }
             match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => {
                     debug!(core = self.id, "peer closed during HTTP exchange");
@@ -535,7 +538,7 @@ impl Core {
                 }
                 Ok(n) => {
                     if !matches!(h.then, Then::Reading) {
-                        continue; // response under way or lingering: discard
+                        continue; // closing after a response (or lingering): discard
                     }
                     h.buf.extend_from_slice(&self.read_buf[..n]);
                     match http::parse_head(&h.buf) {
