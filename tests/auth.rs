@@ -74,7 +74,7 @@ fn bearer_header_gets_welcome() {
         .unwrap_or_else(|e| panic!("bearer upgrade refused: {e:?}"));
     let w = c.recv_type("welcome");
     assert_eq!(w["user"], "svc-1", "{w}");
-    assert!(w.get("name").is_none(), "no name claim, no name: {w}");
+    assert!(w["name"].is_null(), "no name claim, no name: {w}");
     assert_open(&mut c);
 }
 
@@ -113,7 +113,10 @@ fn in_band_auth_with_integer_id() {
     let server = TestServer::with_auth(|_| {});
     let mut c = Client::connect(&server.url("/ws"));
     let w = c.request(json!({"type":"auth","id":7,"token":token("bob", |_| {})}));
-    assert_eq!((w["type"].clone(), w["id"].clone()), (json!("welcome"), json!(7)));
+    assert_eq!(
+        (w["type"].clone(), w["id"].clone()),
+        (json!("welcome"), json!(7))
+    );
 }
 
 // ---- refused at the upgrade -----------------------------------------------
@@ -179,6 +182,16 @@ fn expired_token_is_refused_with_401_in_query_and_header() {
         &server.url("/ws"),
         &[("Authorization", &auth)],
     ));
+    assert!(msg.contains("expired"), "{msg}");
+}
+
+#[test]
+fn token_expiring_this_second_is_refused_with_401() {
+    // RFC 7519 4.1.4: not accepted on or after `exp`; the server's own expiry
+    // timer treats `exp <= now` as expired too.
+    let server = TestServer::with_auth(|_| {});
+    let t = token_expiring_at("ann", unix_now());
+    let msg = assert_401(Client::try_connect_with(&url_with_token(&server, &t), &[]));
     assert!(msg.contains("expired"), "{msg}");
 }
 
@@ -325,7 +338,7 @@ fn without_secret_connections_are_anonymous() {
     let (mut c, w) = Client::connect_welcome(&server.url("/ws"));
     let session = w["session"].as_str().unwrap();
     assert_eq!(w["user"], format!("anon:{session}"), "{w}");
-    assert!(w.get("name").is_none(), "{w}");
+    assert!(w["name"].is_null(), "{w}");
     c.join("lobby");
     assert_eq!(c.recv_type("joined")["user"], format!("anon:{session}"));
 }
@@ -353,7 +366,9 @@ fn anonymous_connection_in_no_room_can_become_a_user() {
     let server = TestServer::with_auth(|c| c.auth.anonymous = Some(true));
     let (mut c, w) = Client::connect_welcome(&server.url("/ws"));
     assert!(w["user"].as_str().unwrap().starts_with("anon:"));
-    let ack = c.request(json!({"type":"auth","id":"up","token":token("ann", |t| t.name = Some("Ann".into()))}));
+    let ack = c.request(
+        json!({"type":"auth","id":"up","token":token("ann", |t| t.name = Some("Ann".into()))}),
+    );
     assert_eq!(ack, json!({"type":"ack","id":"up","user":"ann"}));
     c.join("lobby");
     let joined = c.recv_type("joined");
@@ -363,7 +378,11 @@ fn anonymous_connection_in_no_room_can_become_a_user() {
     );
     // No longer anonymous: another user is refused.
     let e = c.request(json!({"type":"auth","id":2,"token":token("bob", |_| {})}));
-    assert_eq!((e["code"].clone(), e["id"].clone()), (json!("forbidden"), json!(2)), "{e}");
+    assert_eq!(
+        (e["code"].clone(), e["id"].clone()),
+        (json!("forbidden"), json!(2)),
+        "{e}"
+    );
 }
 
 #[test]
@@ -388,7 +407,8 @@ fn refresh_with_same_user_is_acked_with_user() {
         &server,
         &token("ann", |t| t.ttl = Some(60)),
     ));
-    let ack = c.request(json!({"type":"auth","id":"r1","token":token("ann", |t| t.ttl = Some(3600))}));
+    let ack =
+        c.request(json!({"type":"auth","id":"r1","token":token("ann", |t| t.ttl = Some(3600))}));
     assert_eq!(ack, json!({"type":"ack","id":"r1","user":"ann"}));
     assert_open(&mut c);
 }
@@ -424,7 +444,8 @@ fn refresh_with_bad_token_is_unauthorized_and_keeps_the_connection() {
 fn token_expiring_while_connected_warns_then_closes_4001() {
     let server = TestServer::with_auth(|c| c.auth.expiry_grace = 1);
     let exp = unix_now() + 2;
-    let (mut c, _) = Client::connect_welcome(&url_with_token(&server, &token_expiring_at("ann", exp)));
+    let (mut c, _) =
+        Client::connect_welcome(&url_with_token(&server, &token_expiring_at("ann", exp)));
     let e = c.recv();
     assert_eq!(e["type"], "error", "{e}");
     assert_eq!(e["code"], "token_expired", "{e}");
@@ -455,11 +476,13 @@ fn in_band_token_expiring_while_connected_closes_4001() {
 fn fresh_auth_within_grace_keeps_the_connection() {
     let server = TestServer::with_auth(|c| c.auth.expiry_grace = 1);
     let exp = unix_now() + 2;
-    let (mut c, _) = Client::connect_welcome(&url_with_token(&server, &token_expiring_at("ann", exp)));
+    let (mut c, _) =
+        Client::connect_welcome(&url_with_token(&server, &token_expiring_at("ann", exp)));
     c.join("lobby");
     c.recv_type("joined");
     c.expect_error("token_expired");
-    let ack = c.request(json!({"type":"auth","id":"fresh","token":token("ann", |t| t.ttl = Some(600))}));
+    let ack =
+        c.request(json!({"type":"auth","id":"fresh","token":token("ann", |t| t.ttl = Some(600))}));
     assert_eq!(ack, json!({"type":"ack","id":"fresh","user":"ann"}));
     // Let the grace pass; the connection stays and keeps its rooms.
     std::thread::sleep(Duration::from_millis(1600));
@@ -478,7 +501,8 @@ fn fresh_auth_within_grace_keeps_the_connection() {
 fn refresh_before_expiry_prevents_the_warning() {
     let server = TestServer::with_auth(|c| c.auth.expiry_grace = 1);
     let exp = unix_now() + 2;
-    let (mut c, _) = Client::connect_welcome(&url_with_token(&server, &token_expiring_at("ann", exp)));
+    let (mut c, _) =
+        Client::connect_welcome(&url_with_token(&server, &token_expiring_at("ann", exp)));
     let ack = c.request(json!({"type":"auth","id":1,"token":token("ann", |t| t.ttl = Some(600))}));
     assert_eq!(ack, json!({"type":"ack","id":1,"user":"ann"}));
     // Past the old exp: its timer has fired by now.

@@ -108,7 +108,8 @@ fn connection_limit_refuses_upgrades_with_503_until_a_slot_frees() {
     for url in [server.url("/ws"), server.url(&format!("/ws?token={t}"))] {
         match Client::try_connect_with(&url, &[]) {
             Err(ConnectError::Http(503, body)) => {
-                let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+                let v: Value =
+                    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
                 assert_eq!(v["error"]["code"], "overloaded", "{body}");
                 assert!(v["error"]["message"].is_string(), "{body}");
             }
@@ -197,7 +198,10 @@ fn data_up_to_max_message_is_accepted_and_larger_is_too_large() {
     } else {
         ack
     };
-    assert_eq!((ack["type"].clone(), ack["seq"].clone()), (json!("ack"), json!(2)));
+    assert_eq!(
+        (ack["type"].clone(), ack["seq"].clone()),
+        (json!("ack"), json!(2))
+    );
 }
 
 #[test]
@@ -379,7 +383,9 @@ fn sustained_flooding_is_closed_with_4008() {
     };
     assert_eq!(code, Some(4008));
     assert!(pongs >= 5, "the burst was served: {pongs}");
-    let since = first_limited.expect("rate_limited before the kick").elapsed();
+    let since = first_limited
+        .expect("rate_limited before the kick")
+        .elapsed();
     assert!(
         since >= Duration::from_millis(900),
         "kicked {since:?} after limiting began, before rate_kick_after"
@@ -421,7 +427,15 @@ fn slowing_down_after_being_limited_is_not_kicked() {
 fn bad_json_is_an_error_and_the_connection_stays() {
     let server = TestServer::start(|_| {});
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
-    for text in ["{oops", "not json at all", "", "[1,2,3]", "42", "\"str\"", "{\"type\":\"ping\"} trailing"] {
+    for text in [
+        "{oops",
+        "not json at all",
+        "",
+        "[1,2,3]",
+        "42",
+        "\"str\"",
+        "{\"type\":\"ping\"} trailing",
+    ] {
         c.send_text(text);
         let e = c.expect_error("bad_json");
         assert!(e.get("id").is_none(), "{text:?}: {e}");
@@ -513,7 +527,10 @@ fn binary_frame_is_unsupported_and_the_connection_stays() {
     let server = TestServer::start(|_| {});
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
     // Even valid JSON in a binary frame.
-    for payload in [vec![0x81u8, 0xa4, 0x74], br#"{"type":"ping","id":1}"#.to_vec()] {
+    for payload in [
+        vec![0x81u8, 0xa4, 0x74],
+        br#"{"type":"ping","id":1}"#.to_vec(),
+    ] {
         c.ws.send(Message::binary(payload)).unwrap();
         let e = c.expect_error("unsupported");
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
@@ -543,7 +560,10 @@ fn missing_fields_are_named_and_answered_with_the_id() {
         (json!({"type":"leave","id":5}), "room"),
         (json!({"type":"typing","id":6,"room":"r"}), "typing"),
         (json!({"type":"direct","id":7,"data":1}), "to"),
-        (json!({"type":"join","id":8,"room":"r","since":{"seq":1}}), "epoch"),
+        (
+            json!({"type":"join","id":8,"room":"r","since":{"seq":1}}),
+            "epoch",
+        ),
         (json!({"type":"members","id":9}), "room"),
     ] {
         let e = expect_error_reply(&mut c, cmd.clone(), "missing_field");
@@ -643,7 +663,12 @@ fn a_client_that_does_not_read_is_closed_with_4009() {
     }
     // The slow client gets what fit, then 4009.
     let (code, _, frames) = slow.read_until_close();
-    assert_eq!(code, Some(4009), "after {} of {sent} messages", frames.len());
+    assert_eq!(
+        code,
+        Some(4009),
+        "after {} of {sent} messages",
+        frames.len()
+    );
     assert!(frames.len() < sent, "{} of {sent}", frames.len());
     // The publisher is unaffected.
     assert_open(&mut publisher);

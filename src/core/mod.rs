@@ -820,6 +820,12 @@ impl Core {
                         "text frame is not valid UTF-8",
                     );
                 }
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => {
+                    debug!(core = self.id, "peer went away without a close frame");
+                    return self.remove_conn(key);
+                }
                 Err(tungstenite::Error::Protocol(e)) => {
                     debug!(core = self.id, error = %e, "websocket protocol error");
                     return self.close_ws(key, close::PROTOCOL, "protocol error");

@@ -85,6 +85,14 @@ impl Event {
         self
     }
 
+    /// Adds a string field when there is a value.
+    pub fn maybe_str(self, key: &str, value: Option<&str>) -> Self {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self,
+        }
+    }
+
     /// Adds a string field, or `null`.
     pub fn opt_str(mut self, key: &str, value: Option<&str>) -> Self {
         match value {

@@ -171,7 +171,7 @@ impl Session {
             .id(id)
             .str("session", &self.id)
             .str("user", &ident.user)
-            .opt_str("name", ident.name.as_deref())
+            .maybe_str("name", ident.name.as_deref())
             .num("heartbeat", ctx.cfg.heartbeat)
             .raw("limits", &ctx.cfg.limits_json)
             .num("core", ctx.core as u64)
