@@ -158,6 +158,11 @@ impl Authenticator {
                 }
             })?;
         let c = data.claims;
+        // RFC 7519 4.1.4: not accepted *on or after* exp (jsonwebtoken only
+        // refuses exp < now); the session's expiry timer uses the same rule.
+        if c.exp.is_some_and(|exp| exp <= unix_now()) {
+            return Err(AuthError::Expired);
+        }
         if c.sub.is_empty() || c.sub.len() > MAX_USER_LEN {
             return Err(AuthError::Invalid(format!(
                 "`sub` must be 1..={MAX_USER_LEN} bytes"
