@@ -1280,8 +1280,14 @@ impl Core {
         }
         let conn = &mut self.conns[key];
         match (t.kind, &mut conn.state) {
-            (TimerKind::Handshake, State::Http(_)) => {
+            (TimerKind::Handshake, State::Http(h)) => {
                 debug!(core = self.id, "handshake timeout");
+                if matches!(h.then, Then::Reading) && !h.buf.is_empty() {
+                    // Best effort: a slow client that sent part of a head
+                    // learns why; nothing waits for this write.
+                    let r = error_response(408, "timeout", "request head not received in time", &[]);
+                    let _ = conn.stream.write(&r);
+                }
                 self.remove_conn(key);
             }
             (TimerKind::CloseDeadline, _) => {
