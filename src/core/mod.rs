@@ -1285,7 +1285,8 @@ impl Core {
                 if matches!(h.then, Then::Reading) && !h.buf.is_empty() {
                     // Best effort: a slow client that sent part of a head
                     // learns why; nothing waits for this write.
-                    let r = error_response(408, "timeout", "request head not received in time", &[]);
+                    let r =
+                        error_response(408, "timeout", "request head not received in time", &[]);
                     let _ = conn.stream.write(&r);
                 }
                 self.remove_conn(key);
