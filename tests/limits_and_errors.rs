@@ -162,7 +162,13 @@ fn silent_tcp_connection_is_dropped_after_the_handshake_timeout() {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Err(e) => panic!("server kept a silent connection open: {e}"),
         }
-        assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+        let text = String::from_utf8_lossy(&buf);
+        if prefix.is_empty() {
+            assert!(buf.is_empty(), "{text:?}");
+        } else {
+            // A partial head is answered with 408 as the connection is cut.
+            assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+        }
     }
 }
 
