@@ -108,6 +108,14 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
+    // A core that panics would leave its rooms unsequenced and its clients
+    // hanging: exit the whole process so a supervisor restarts it cleanly.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("corecast: a thread panicked; exiting");
+        std::process::exit(101);
+    }));
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORECAST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -132,14 +140,7 @@ fn run(config: Config) -> ExitCode {
     if config.echo {
         info!("the /echo route is enabled");
     }
-    let server = match Server::start(config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("corecast: cannot start: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let handle = server.shutdown_handle();
+    // Signals first: a SIGTERM right after the listen log must drain, not kill.
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -150,6 +151,14 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("corecast: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = server.shutdown_handle();
     std::thread::Builder::new()
         .name("corecast-signals".into())
         .spawn(move || {

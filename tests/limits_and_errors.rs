@@ -234,6 +234,61 @@ fn much_larger_frame_closes_1009() {
     c.expect_close(1009);
 }
 
+#[test]
+fn oversized_frame_header_then_more_bytes_fails_cleanly_and_the_core_lives() {
+    // One core, so the follow-up connection lands on the same core loop.
+    let server = TestServer::start(|c| {
+        c.cores = 1;
+        c.limits.max_message = 1024;
+    });
+    let (c, _) = Client::connect_welcome(&server.url("/ws"));
+    let mut raw = c.ws.into_inner();
+    // A masked text frame announcing 200000 bytes, then part of its payload
+    // and more data: the server refuses it at the header (1009) and must not
+    // try to parse what follows.
+    let mut frame = vec![0x81u8, 0x80 | 127];
+    frame.extend_from_slice(&200_000u64.to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend(std::iter::repeat_n(b'a', 8192));
+    std::io::Write::write_all(&mut raw, &frame).unwrap();
+    // Read until the close frame (opcode 0x88) with code 1009 arrives.
+    let is_close_1009 = |b: &[u8]| {
+        b.windows(4)
+            .any(|w| w[0] == 0x88 && w[2..4] == 1009u16.to_be_bytes())
+    };
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !is_close_1009(&got) {
+        match raw.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(is_close_1009(&got), "no close 1009 in {} bytes", got.len());
+    // Answer the close like a well-behaved client (masked close frame,
+    // code 1000); the server must not feed it to its broken frame state.
+    let _ = std::io::Write::write_all(&mut raw, &[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+    let _ = raw.read_to_end(&mut got); // until the server ends the connection
+    // The core is alive: a new connection works.
+    let (mut c2, _) = Client::connect_welcome(&server.url("/ws"));
+    assert_eq!(c2.request(json!({"type":"ping","id":1}))["type"], "pong");
+    let (status, _, body) = http_get(server.addr, "/health");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn long_unknown_type_with_multibyte_chars_is_answered_not_fatal() {
+    let server = TestServer::start(|c| c.cores = 1);
+    let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
+    for n in 60..68 {
+        let ty = format!("{}é", "a".repeat(n));
+        let v = c.request(json!({"type":ty,"id":n}));
+        assert_eq!(v["code"], "unknown_type", "{v}");
+        assert_eq!(v["id"], n);
+    }
+    assert_eq!(c.request(json!({"type":"ping","id":"p"}))["type"], "pong");
+}
+
 // ---- rooms ----------------------------------------------------------------
 
 #[test]

@@ -210,8 +210,15 @@ struct WsConn {
     dirty: bool,
     /// A join is out at another core; read nothing until it is answered.
     blocked: bool,
-    /// We sent (or are sending) a close frame.
+    /// A close frame was sent or received: no more writes.
     closing: bool,
+    /// Queued for closing this iteration: no more writes.
+    doomed: bool,
+    /// Reading failed (protocol error, oversized frame): tungstenite must
+    /// not read again; incoming bytes are discarded until EOF.
+    failed: bool,
+    /// The token `exp` for which an expiry timer is pending.
+    expiry_armed: Option<u64>,
 }
 
 enum State {
@@ -273,6 +280,9 @@ pub struct Core {
     dirty: Vec<usize>,
     runnable: Vec<(usize, u32)>,
     to_close: Vec<(usize, u32, Closing)>,
+    /// Bus messages for this core itself, handled in [`Core::settle`] (never
+    /// recursively, so no path re-enters the message handlers).
+    local: std::collections::VecDeque<BusMsg>,
     cores_scratch: Vec<usize>,
     read_buf: Box<[u8]>,
     rng: fastrand::Rng,
@@ -320,6 +330,7 @@ impl Core {
             dirty: Vec::new(),
             runnable: Vec::new(),
             to_close: Vec::new(),
+            local: std::collections::VecDeque::new(),
             cores_scratch: Vec::new(),
             read_buf: vec![0; http::MAX_HEAD].into_boxed_slice(),
             rng: fastrand::Rng::new(),
@@ -369,6 +380,7 @@ impl Core {
             self.run_runnable();
             self.flush_dirty();
             self.outbox.flush(&self.bus);
+            debug_assert!(self.local.is_empty() && self.to_close.is_empty());
             let stats = &self.shared.cores[self.id];
             stats.last_loop_ms.store(self.now_ms, Ordering::Relaxed);
             stats.connections.store(self.conns.len(), Ordering::Relaxed);
@@ -390,7 +402,7 @@ impl Core {
     }
 
     fn poll_timeout(&self) -> Duration {
-        if !self.runnable.is_empty() || self.more_bus {
+        if !self.runnable.is_empty() || self.more_bus || !self.dirty.is_empty() {
             return Duration::ZERO;
         }
         let ms = self
@@ -498,7 +510,7 @@ impl Core {
                 }
             }
         }
-        self.process_closes();
+        self.settle();
     }
 
     fn run_runnable(&mut self) {
@@ -512,7 +524,7 @@ impl Core {
             for (key, generation) in batch {
                 if self.live(key, generation) {
                     self.ws_read(key);
-                    self.process_closes();
+                    self.settle();
                 }
             }
         }
@@ -752,6 +764,9 @@ impl Core {
             dirty: false,
             blocked: false,
             closing: false,
+            doomed: false,
+            failed: false,
+            expiry_armed: None,
         }));
         let hb = self.shared.config.heartbeat * 1000;
         self.timer(self.now_ms + hb, key, generation, TimerKind::Heartbeat);
@@ -786,6 +801,9 @@ impl Core {
             if ws.blocked {
                 return;
             }
+            if ws.failed {
+                return self.discard_input(key);
+            }
             match ws.ctx.read(&mut conn.stream) {
                 Ok(msg) => {
                     ws.last_rx_ms = self.now_ms;
@@ -794,13 +812,22 @@ impl Core {
                     match msg {
                         Message::Text(t) if echo => self.write_msg(key, Message::Text(t)),
                         Message::Binary(b) if echo => self.write_msg(key, Message::Binary(b)),
+                        Message::Close(_) => {
+                            // tungstenite queued the reply; nothing else may be
+                            // written, and the peer gets a deadline to go away.
+                            if !closing {
+                                ws.closing = true;
+                                let at = self.now_ms + CLOSE_TIMEOUT_MS;
+                                self.timer(at, key, generation, TimerKind::CloseDeadline);
+                            }
+                            self.mark_dirty(key);
+                        }
                         _ if closing => {}
                         Message::Text(t) => self.on_text(key, generation, t),
                         Message::Binary(_) => self.on_binary(key, generation),
-                        Message::Ping(_) | Message::Close(_) => self.mark_dirty(key),
+                        Message::Ping(_) => self.mark_dirty(key),
                         Message::Pong(_) | Message::Frame(_) => {}
                     }
-                    self.process_closes();
                 }
                 Err(e) if ws_would_block(&e) => {
                     self.mark_dirty(key); // a queued pong or close reply may be waiting
@@ -810,38 +837,55 @@ impl Core {
                     return self.remove_conn(key);
                 }
                 Err(_) if ws.closing => return self.remove_conn(key),
-                Err(tungstenite::Error::Capacity(_)) => {
-                    return self.close_ws(key, close::TOO_BIG, "message too big");
-                }
-                Err(tungstenite::Error::Utf8(_)) => {
-                    return self.close_ws(
-                        key,
-                        close::INVALID_PAYLOAD,
-                        "text frame is not valid UTF-8",
-                    );
-                }
                 Err(tungstenite::Error::Protocol(
                     tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
                 )) => {
                     debug!(core = self.id, "peer went away without a close frame");
                     return self.remove_conn(key);
                 }
-                Err(tungstenite::Error::Protocol(e)) => {
-                    debug!(core = self.id, error = %e, "websocket protocol error");
-                    return self.close_ws(key, close::PROTOCOL, "protocol error");
-                }
-                Err(tungstenite::Error::WriteBufferFull(_)) => {
-                    return self.close_ws(key, close::SLOW_CONSUMER, "slow consumer");
-                }
                 Err(e) => {
-                    debug!(core = self.id, error = %e, "websocket read failed");
-                    return self.remove_conn(key);
+                    // After a read error tungstenite's frame state is not safe
+                    // to read again: fail the connection.
+                    let (code, reason) = match &e {
+                        tungstenite::Error::Capacity(_) => (close::TOO_BIG, "message too big"),
+                        tungstenite::Error::Utf8(_) => {
+                            (close::INVALID_PAYLOAD, "text frame is not valid UTF-8")
+                        }
+                        tungstenite::Error::Protocol(_) => (close::PROTOCOL, "protocol error"),
+                        tungstenite::Error::WriteBufferFull(_) => {
+                            (close::SLOW_CONSUMER, "slow consumer")
+                        }
+                        _ => {
+                            debug!(core = self.id, error = %e, "websocket read failed");
+                            return self.remove_conn(key);
+                        }
+                    };
+                    debug!(core = self.id, error = %e, "failing websocket");
+                    ws.failed = true;
+                    return self.close_ws(key, code, reason);
                 }
             }
         }
         // Budget spent: let other connections run, continue next iteration.
         if let Some(conn) = self.conns.get(key) {
             self.runnable.push((key, conn.generation));
+        }
+    }
+
+    /// Reads and drops whatever a failed connection still sends, until EOF
+    /// (then removes it) or WouldBlock.
+    fn discard_input(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        loop {
+            match conn.stream.read(&mut self.read_buf) {
+                Ok(0) => return self.remove_conn(key),
+                Ok(_) => {}
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.remove_conn(key),
+            }
         }
     }
 
@@ -853,7 +897,12 @@ impl Core {
             return;
         };
         match ws.ctx.flush(&mut conn.stream) {
-            Ok(()) => {}
+            Ok(()) => {
+                if ws.failed {
+                    // The close frame is out: end our side so the peer sees EOF.
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                }
+            }
             Err(e) if ws_would_block(&e) => {}
             Err(tungstenite::Error::ConnectionClosed) => self.remove_conn(key),
             Err(tungstenite::Error::WriteBufferFull(_)) => {} // a pong that will be retried
@@ -864,21 +913,25 @@ impl Core {
         }
     }
 
+    /// Flushes every connection that got output, once; removals caused by
+    /// flush errors may dirty others (`left` events), hence a few rounds.
     fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
-            if let Some(Conn {
-                state: State::Ws(ws),
-                ..
-            }) = self.conns.get_mut(key)
-            {
-                ws.dirty = false;
-                self.ws_flush(key);
+        for _ in 0..4 {
+            if self.dirty.is_empty() {
+                return;
             }
-        }
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
+            let dirty = std::mem::take(&mut self.dirty);
+            for &key in &dirty {
+                if let Some(Conn {
+                    state: State::Ws(ws),
+                    ..
+                }) = self.conns.get_mut(key)
+                {
+                    ws.dirty = false;
+                    self.ws_flush(key);
+                }
+            }
+            self.settle();
         }
     }
 
@@ -979,11 +1032,10 @@ impl Core {
                         continue;
                     };
                     let home = home_core(&room, cores);
-                    if home != self.id
-                        && let Some(Conn {
-                            state: State::Ws(ws),
-                            ..
-                        }) = self.conns.get_mut(key)
+                    if let Some(Conn {
+                        state: State::Ws(ws),
+                        ..
+                    }) = self.conns.get_mut(key)
                     {
                         ws.blocked = true;
                     }
@@ -1033,23 +1085,54 @@ impl Core {
         Some((ident.user.clone(), ident.name.clone()))
     }
 
+    /// Makes sure an expiry timer is pending for the token's `exp`; at most
+    /// one entry per connection unless a refresh brings `exp` earlier.
     fn arm_expiry(&mut self, key: usize, generation: u32) {
-        let exp = self
-            .with_session(key, |s, _| s.identity.as_ref().and_then(|i| i.exp))
-            .flatten();
-        if let Some(exp) = exp {
-            let delay_ms = exp.saturating_sub(self.unix_s) * 1000;
-            self.timer(self.now_ms + delay_ms, key, generation, TimerKind::Expiry);
+        let Some(Conn {
+            state: State::Ws(ws),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let exp = ws
+            .session
+            .as_ref()
+            .and_then(|s| s.identity.as_ref())
+            .and_then(|i| i.exp);
+        let Some(exp) = exp else {
+            return;
+        };
+        if ws.expiry_armed.is_some_and(|armed| armed <= exp) {
+            return; // the pending timer fires first and re-arms for the new exp
         }
+        ws.expiry_armed = Some(exp);
+        let delay_ms = exp.saturating_sub(self.unix_s).saturating_mul(1000);
+        let at = self.now_ms.saturating_add(delay_ms);
+        self.timer(at, key, generation, TimerKind::Expiry);
     }
 
     // ---- bus and home-core logic --------------------------------------
 
     fn route(&mut self, core: usize, msg: BusMsg) {
         if core == self.id {
-            self.handle_bus(msg);
+            self.local.push_back(msg);
         } else {
             self.outbox.push(core, msg);
+        }
+    }
+
+    /// Handles this core's own bus messages and pending closes until none
+    /// is left. Handlers only queue (messages, closes), so nothing recurses.
+    fn settle(&mut self) {
+        loop {
+            while let Some(msg) = self.local.pop_front() {
+                self.handle_bus(msg);
+            }
+            if self.to_close.is_empty() {
+                return;
+            }
+            self.process_closes();
         }
     }
 
@@ -1062,7 +1145,7 @@ impl Core {
             for msg in batch {
                 self.handle_bus(msg);
             }
-            self.process_closes();
+            self.settle();
         }
         self.more_bus = !self.inbox.is_empty();
     }
@@ -1237,7 +1320,6 @@ impl Core {
                 );
             }
         }
-        self.process_closes();
     }
 
     fn unix_ms(&self) -> u64 {
@@ -1254,7 +1336,7 @@ impl Core {
         self.wheel.advance(self.now_ms, &mut expired);
         for t in expired.drain(..) {
             self.fire(t);
-            self.process_closes();
+            self.settle();
         }
         self.expired = expired;
     }
@@ -1321,19 +1403,33 @@ impl Core {
                 self.outputs = outputs;
                 self.apply_outputs(key, t.generation);
             }
-            (TimerKind::Expiry, State::Ws(_)) => {
+            (TimerKind::Expiry, State::Ws(ws)) => {
+                ws.expiry_armed = None;
                 let mut outputs = std::mem::take(&mut self.outputs);
                 let grace = self
                     .with_session(key, |s, ctx| s.on_token_expiry(ctx, &mut outputs))
                     .flatten();
                 self.outputs = outputs;
-                if let Some(grace) = grace {
-                    self.timer(
-                        self.now_ms + grace * 1000,
-                        key,
-                        t.generation,
-                        TimerKind::ExpiryGrace,
-                    );
+                match grace {
+                    Some(grace) => {
+                        let at = self.now_ms + grace * 1000;
+                        self.timer(at, key, t.generation, TimerKind::ExpiryGrace);
+                    }
+                    None => {
+                        // Refreshed meanwhile (or the clock stepped back):
+                        // wait for the current exp.
+                        let later = self
+                            .with_session(key, |s, ctx| {
+                                s.identity
+                                    .as_ref()
+                                    .and_then(|i| i.exp)
+                                    .is_some_and(|exp| exp > ctx.unix_s)
+                            })
+                            .unwrap_or(false);
+                        if later {
+                            self.arm_expiry(key, t.generation);
+                        }
+                    }
                 }
                 self.apply_outputs(key, t.generation);
             }
@@ -1349,6 +1445,7 @@ impl Core {
 
     // ---- closing ------------------------------------------------------
 
+    /// Carries out closes queued during delivery (only from [`Core::settle`]).
     fn process_closes(&mut self) {
         while let Some((key, generation, how)) = self.to_close.pop() {
             if !self.live(key, generation) {
@@ -1460,14 +1557,17 @@ impl Core {
         );
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let (is_ws, has_session) = match &self.conns[key].state {
-                State::Ws(ws) => (!ws.closing, ws.session.is_some()),
-                State::Http(_) => (false, false),
+            let Some(conn) = self.conns.get(key) else {
+                continue;
             };
-            if !is_ws {
-                if matches!(self.conns[key].state, State::Http(_)) {
+            let (open_ws, has_session) = match &conn.state {
+                State::Ws(ws) => (!ws.closing, ws.session.is_some()),
+                State::Http(_) => {
                     self.remove_conn(key);
+                    continue;
                 }
+            };
+            if !open_ws {
                 continue;
             }
             if has_session {
@@ -1477,7 +1577,7 @@ impl Core {
             }
             self.close_ws(key, close::GOING_AWAY, "server shutting down");
         }
-        self.process_closes();
+        self.settle();
     }
 }
 
@@ -1493,20 +1593,24 @@ fn write_ws(
     let State::Ws(ws) = &mut conn.state else {
         return;
     };
-    if ws.closing {
+    if ws.closing || ws.doomed || !ws.ctx.can_write() {
         return;
     }
     match ws.ctx.write(&mut conn.stream, msg) {
         Ok(()) => {}
         Err(e) if ws_would_block(&e) => {}
         Err(tungstenite::Error::WriteBufferFull(_)) => {
+            ws.doomed = true;
             to_close.push((
                 key,
                 conn.generation,
                 Closing::Ws(close::SLOW_CONSUMER, "slow consumer"),
             ));
         }
-        Err(_) => to_close.push((key, conn.generation, Closing::Drop("write failed"))),
+        Err(_) => {
+            ws.doomed = true;
+            to_close.push((key, conn.generation, Closing::Drop("write failed")));
+        }
     }
     if !ws.dirty {
         ws.dirty = true;

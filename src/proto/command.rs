@@ -394,8 +394,12 @@ fn read_command<'t, 'a>(obj: &Object<'t, 'a>) -> Result<Command<'t, 'a>, Command
             room: req_str(obj, "room")?,
         },
         other => {
+            let mut cut = other.len().min(64);
+            while !other.is_char_boundary(cut) {
+                cut -= 1;
+            }
             let mut shown = String::new();
-            push_json_str(&mut shown, &other[..other.len().min(64)]);
+            push_json_str(&mut shown, &other[..cut]);
             return Err(CommandError::new(
                 ErrorCode::UnknownType,
                 format!("unknown command type {shown}"),
