@@ -317,9 +317,9 @@ impl Config {
                 l.max_message + 1024
             ));
         }
-        if !(256..=1024 * 1024).contains(&l.read_buffer) {
+        if !(64..=1024 * 1024).contains(&l.read_buffer) {
             return err(format!(
-                "limits.read_buffer: {} must be 256..=1048576 bytes",
+                "limits.read_buffer: {} must be 64..=1048576 bytes",
                 l.read_buffer
             ));
         }

@@ -182,6 +182,23 @@ pub fn switching_protocols(key: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Appends an unmasked, final server text frame carrying `payload` (the
+/// framing of RFC 6455 section 5.2; servers never mask).
+pub fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.push(0x81);
+    let n = payload.len();
+    if n < 126 {
+        out.push(n as u8);
+    } else if n <= 0xffff {
+        out.push(126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
 /// Checks the WebSocket-specific parts of an upgrade request; `Err` is the
 /// response to send instead.
 pub fn check_upgrade(req: &Request) -> Result<&str, Vec<u8>> {
@@ -255,6 +272,22 @@ mod tests {
         .unwrap();
         let resp = String::from_utf8(check_upgrade(&req).unwrap_err()).unwrap();
         assert!(resp.starts_with("HTTP/1.1 426 "), "{resp}");
+    }
+
+    #[test]
+    fn text_frames_match_tungstenite() {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        for n in [0usize, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'a'; n];
+            let mut ours = Vec::new();
+            push_text_frame(&mut ours, &payload);
+            let mut theirs = Vec::new();
+            Frame::message(payload, OpCode::Data(Data::Text), true)
+                .format(&mut theirs)
+                .unwrap();
+            assert_eq!(ours, theirs, "payload of {n} bytes");
+        }
     }
 
     #[test]

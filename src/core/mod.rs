@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod listener;
+pub mod sockio;
 
 use crate::auth::{Authenticator, Identity, unix_now};
 use crate::bus::{Bus, BusMsg, ConnRef, Inbox, Outbox, ReplyTo, home_core};
@@ -195,8 +196,8 @@ enum Then {
 
 #[derive(Debug)]
 struct Upgrade {
-    echo: bool,
-    identity: Option<Identity>,
+    /// Protocol state (`None` on `/echo`).
+    session: Option<Session>,
     leftover: Vec<u8>,
 }
 
@@ -219,6 +220,9 @@ struct WsConn {
     failed: bool,
     /// The token `exp` for which an expiry timer is pending.
     expiry_armed: Option<u64>,
+    /// Input read from the socket but not yet consumed by tungstenite (only
+    /// when reading stopped mid-burst: a pending join or the read budget).
+    pending: Vec<u8>,
 }
 
 enum State {
@@ -285,6 +289,7 @@ pub struct Core {
     local: std::collections::VecDeque<BusMsg>,
     cores_scratch: Vec<usize>,
     read_buf: Box<[u8]>,
+    scratch: sockio::ReadScratch,
     rng: fastrand::Rng,
     shared: Arc<Shared>,
     draining_until: Option<u64>,
@@ -333,6 +338,7 @@ impl Core {
             local: std::collections::VecDeque::new(),
             cores_scratch: Vec::new(),
             read_buf: vec![0; http::MAX_HEAD].into_boxed_slice(),
+            scratch: sockio::ReadScratch::default(),
             rng: fastrand::Rng::new(),
             shared: init.shared,
             draining_until: None,
@@ -604,7 +610,15 @@ impl Core {
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.counted = true;
                         }
-                        return self.respond(key, switching_protocols(ws_key), Then::Upgrade(up));
+                        // The `welcome` rides in the same write as the 101: one
+                        // syscall, and tungstenite's write buffer stays
+                        // unallocated on a connection that is then idle.
+                        let mut resp = switching_protocols(ws_key);
+                        if let Some(s) = up.session.as_ref().filter(|s| s.identity.is_some()) {
+                            let ctx = self.session_ctx();
+                            http::push_text_frame(&mut resp, s.welcome(None, &ctx).as_bytes());
+                        }
+                        return self.respond(key, resp, Then::Upgrade(up));
                     }
                     Err(resp) => resp,
                 }
@@ -658,11 +672,19 @@ impl Core {
                 &[("retry-after", "5")],
             ));
         }
-        Ok(Box::new(Upgrade {
-            echo,
-            identity,
-            leftover,
-        }))
+        let session = (!echo).then(|| self.new_session(identity));
+        Ok(Box::new(Upgrade { session, leftover }))
+    }
+
+    fn new_session(&mut self, identity: Option<Identity>) -> Session {
+        let sid = format!("s_{:016x}", self.rng.u64(..));
+        let identity = identity.or_else(|| {
+            self.shared
+                .config
+                .anonymous_allowed()
+                .then(|| self.shared.auth.anonymous(&sid))
+        });
+        Session::new(sid.into(), identity, &self.shared.session, self.now_ms)
     }
 
     fn health_response(&self) -> Vec<u8> {
@@ -721,24 +743,8 @@ impl Core {
     }
 
     fn upgrade(&mut self, key: usize, up: Upgrade) {
-        let session = if up.echo {
-            None
-        } else {
-            let sid = format!("s_{:016x}", self.rng.u64(..));
-            let identity = up.identity.or_else(|| {
-                self.shared
-                    .config
-                    .anonymous_allowed()
-                    .then(|| self.shared.auth.anonymous(&sid))
-            });
-            Some(Session::new(
-                sid.into(),
-                identity,
-                &self.shared.session,
-                self.now_ms,
-            ))
-        };
-        let cfg = if up.echo {
+        let session = up.session;
+        let cfg = if session.is_none() {
             self.shared.echo_config
         } else {
             self.shared.ws_config
@@ -767,17 +773,13 @@ impl Core {
             doomed: false,
             failed: false,
             expiry_armed: None,
+            pending: Vec::new(),
         }));
         let hb = self.shared.config.heartbeat * 1000;
         self.timer(self.now_ms + hb, key, generation, TimerKind::Heartbeat);
         match authenticated {
-            Some(true) => {
-                let welcome = self.with_session(key, |s, ctx| s.welcome(None, ctx));
-                if let Some(w) = welcome {
-                    self.write_to(key, w.into());
-                }
-                self.arm_expiry(key, generation);
-            }
+            // The welcome went out with the 101.
+            Some(true) => self.arm_expiry(key, generation),
             Some(false) => {
                 let deadline = self.now_ms + self.shared.config.auth.timeout * 1000;
                 self.timer(deadline, key, generation, TimerKind::Auth);
@@ -790,6 +792,18 @@ impl Core {
     // ---- WebSocket ----------------------------------------------------
 
     fn ws_read(&mut self, key: usize) {
+        self.ws_read_frames(key);
+        let pending = match self.conns.get_mut(key) {
+            Some(Conn {
+                state: State::Ws(ws),
+                ..
+            }) => Some(&mut ws.pending),
+            _ => None,
+        };
+        self.scratch.stash(pending);
+    }
+
+    fn ws_read_frames(&mut self, key: usize) {
         for _ in 0..READ_BUDGET {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -804,7 +818,12 @@ impl Core {
             if ws.failed {
                 return self.discard_input(key);
             }
-            match ws.ctx.read(&mut conn.stream) {
+            let mut io = sockio::Io {
+                tcp: &mut conn.stream,
+                scratch: &mut self.scratch,
+                pending: &mut ws.pending,
+            };
+            match ws.ctx.read(&mut io) {
                 Ok(msg) => {
                     ws.last_rx_ms = self.now_ms;
                     let closing = ws.closing;
@@ -954,6 +973,16 @@ impl Core {
     fn write_msg(&mut self, key: usize, msg: Message) {
         if let Some(conn) = self.conns.get_mut(key) {
             write_ws(conn, key, msg, &mut self.dirty, &mut self.to_close);
+        }
+    }
+
+    fn session_ctx(&self) -> Ctx<'_> {
+        Ctx {
+            cfg: &self.shared.session,
+            auth: &self.shared.auth,
+            now_ms: self.now_ms,
+            unix_s: self.unix_s,
+            core: self.id,
         }
     }
 
