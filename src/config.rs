@@ -38,9 +38,11 @@ pub const DEFAULT_RATE_BURST: f64 = 40.0;
 pub const DEFAULT_RATE_KICK_AFTER: u64 = 10;
 /// Default outbound backlog per connection before it is closed with 4009, bytes.
 pub const DEFAULT_MAX_BACKLOG: usize = 1_048_576;
-/// Default tungstenite read buffer per connection, bytes (its own default,
-/// 128 KiB, is allocated per connection and zero-filled on every read).
-pub const DEFAULT_READ_BUFFER: usize = 4096;
+/// Default tungstenite read buffer per connection, bytes. Socket reads go
+/// through a 64 KiB per-core scratch (`core::sockio`), so this only sets how
+/// much tungstenite copies at a time; it is resident on every connection
+/// that ever read (tungstenite's own default, 128 KiB, would be ~130 KiB).
+pub const DEFAULT_READ_BUFFER: usize = 128;
 /// Default largest message on the `/echo` route (Autobahn sends 16 MiB).
 pub const DEFAULT_ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
