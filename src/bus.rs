@@ -3,15 +3,16 @@
 //!
 //! A core collects everything it has for another core during one loop
 //! iteration in its [`Outbox`] and sends it as one batch with one wake-up.
-//! Payloads are already encoded and reference-counted (`Utf8Bytes`), so a
-//! broadcast crosses cores without copying. The bus must not hold protocol
+//! Payloads are already encoded as complete WebSocket frames and
+//! reference-counted (`Bytes`), so a broadcast crosses cores and reaches
+//! every connection without being copied. The bus must not hold protocol
 //! logic: it only names the messages and moves them.
 
 use crate::proto::command::{Id, Since};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 use std::sync::Arc;
-use tungstenite::Utf8Bytes;
 
 /// A connection on some core: slab key plus the generation that guards
 /// against the key having been reused.
@@ -66,8 +67,8 @@ pub enum BusMsg {
         conn: ConnRef,
         /// Its user (to undo the join if the connection is gone).
         user: Arc<str>,
-        /// The encoded `ack`.
-        frame: Utf8Bytes,
+        /// The `ack`, framed.
+        frame: Bytes,
         /// It was a rejoin (nothing to add).
         rejoin: bool,
     },
@@ -93,15 +94,15 @@ pub enum BusMsg {
     Deliver {
         /// Room.
         room: Arc<str>,
-        /// The encoded event (`message`, `joined`, `left`).
-        frame: Utf8Bytes,
+        /// The event (`message`, `joined`, `left`), framed.
+        frame: Bytes,
     },
     /// Send `frame` to one connection.
     Reply {
         /// The connection.
         conn: ConnRef,
-        /// The encoded event.
-        frame: Utf8Bytes,
+        /// The event, framed.
+        frame: Bytes,
     },
     /// Start draining: stop accepting, tell clients to reconnect, exit.
     Shutdown,

@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod listener;
+pub mod outq;
 pub mod sockio;
 
 use crate::auth::{Authenticator, Identity, unix_now};
@@ -23,9 +24,11 @@ use crate::proto::event::{self, Event};
 use crate::proto::session::{Ctx, Output, Session, SessionConfig};
 use crate::rooms::{HomeRooms, LocalRooms, Member};
 use crate::timer::TimerWheel;
+use bytes::Bytes;
 use http::{Route, check_upgrade, error_response, json_response, switching_protocols};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use outq::OutQueue;
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -57,6 +60,13 @@ const ACCEPT_RETRY_MS: u64 = 100;
 const SWEEP_MS: u64 = 60_000;
 /// Home rooms without members are forgotten after this long idle, ms.
 const ROOM_IDLE_MS: u64 = 600_000;
+/// Longest a room delivery waits for its connection's flush while new
+/// input keeps arriving, µs (a busy core packs more frames per write).
+const DEFER_US: u64 = 1000;
+/// Connections flushed between two looks for new input in a flush pass.
+const FLUSH_POLL_EVERY: usize = 64;
+/// Looks for new input per flush pass (bounds the pass).
+const MAX_FLUSH_POLLS: usize = 64;
 /// Longest poll sleep, ms (keeps the liveness stamp for `/health` fresh).
 const MAX_SLEEP_MS: u64 = 250;
 /// Range of the jittered `after_ms` of `reconnect` on shutdown.
@@ -207,8 +217,10 @@ struct WsConn {
     /// Protocol state (`None` on `/echo`).
     session: Option<Session>,
     last_rx_ms: u64,
-    /// In the core's dirty list (flush at the end of this iteration).
-    dirty: bool,
+    /// In the core's urgent flush list (replies: flushed this iteration).
+    urgent: bool,
+    /// In the core's deferred flush list (room deliveries).
+    deferred: bool,
     /// A join is out at another core; read nothing until it is answered.
     blocked: bool,
     /// A close frame was sent or received: no more writes.
@@ -223,6 +235,10 @@ struct WsConn {
     /// Input read from the socket but not yet consumed by tungstenite (only
     /// when reading stopped mid-burst: a pending join or the read budget).
     pending: Vec<u8>,
+    /// Data frames waiting to be written (tungstenite's own buffer holds
+    /// only the control frames it writes, and those go out after these; see
+    /// [`sockio::Io`]).
+    out: OutQueue,
 }
 
 enum State {
@@ -281,7 +297,15 @@ pub struct Core {
     parser: CommandParser,
     outputs: Vec<Output>,
     expired: Vec<Timer>,
-    dirty: Vec<usize>,
+    flush: FlushLists,
+    /// Output bound per connection (`/ws`, `/echo`) before close 4009.
+    backlogs: (usize, usize),
+    /// Event buffer for [`Core::take_input_now`].
+    mid_events: Events,
+    /// When the oldest deferred (room delivery) output was queued.
+    deferred_since: Option<Instant>,
+    /// This iteration handled new input (socket reads, accepts, bus).
+    had_input: bool,
     runnable: Vec<(usize, u32)>,
     to_close: Vec<(usize, u32, Closing)>,
     /// Bus messages for this core itself, handled in [`Core::settle`] (never
@@ -332,7 +356,14 @@ impl Core {
             parser: CommandParser::new(),
             outputs: Vec::new(),
             expired: Vec::new(),
-            dirty: Vec::new(),
+            flush: FlushLists::default(),
+            backlogs: (
+                init.shared.config.limits.max_backlog,
+                2 * init.shared.config.limits.echo_max_message + 1024,
+            ),
+            mid_events: Events::with_capacity(256),
+            deferred_since: None,
+            had_input: false,
             runnable: Vec::new(),
             to_close: Vec::new(),
             local: std::collections::VecDeque::new(),
@@ -371,20 +402,12 @@ impl Core {
             }
             self.now_ms = self.shared.now_ms();
             self.unix_s = unix_now();
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(),
-                    WAKER => {}
-                    Token(key) => {
-                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        self.conn_event(key, readable, ev.is_writable());
-                    }
-                }
-            }
+            self.had_input = !self.runnable.is_empty();
+            self.handle_events(&events);
             self.drain_bus();
             self.run_timers();
             self.run_runnable();
-            self.flush_dirty();
+            self.flush_pending();
             self.outbox.flush(&self.bus);
             debug_assert!(self.local.is_empty() && self.to_close.is_empty());
             let stats = &self.shared.cores[self.id];
@@ -407,8 +430,43 @@ impl Core {
         debug!(core = self.id, "core loop exits");
     }
 
+    fn handle_events(&mut self, events: &Events) {
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => {
+                    self.had_input = true;
+                    self.accept();
+                }
+                WAKER => {}
+                Token(key) => {
+                    let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                    self.had_input |= readable;
+                    self.conn_event(key, readable, ev.is_writable());
+                }
+            }
+        }
+    }
+
+    /// During a long flush pass: takes in whatever input is ready now
+    /// (without sleeping), so its room deliveries join the writes of
+    /// connections not flushed yet in this pass, and its replies go out.
+    fn take_input_now(&mut self) {
+        let mut events = std::mem::replace(&mut self.mid_events, Events::with_capacity(0));
+        if self.poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {
+            self.handle_events(&events);
+        }
+        self.mid_events = events;
+        self.drain_bus();
+        self.run_runnable();
+        self.flush_urgent();
+    }
+
     fn poll_timeout(&self) -> Duration {
-        if !self.runnable.is_empty() || self.more_bus || !self.dirty.is_empty() {
+        if !self.runnable.is_empty()
+            || self.more_bus
+            || !self.flush.urgent.is_empty()
+            || !self.flush.deferred.is_empty()
+        {
             return Duration::ZERO;
         }
         let ms = self
@@ -767,13 +825,15 @@ impl Core {
             ctx,
             session,
             last_rx_ms: self.now_ms,
-            dirty: false,
+            urgent: false,
+            deferred: false,
             blocked: false,
             closing: false,
             doomed: false,
             failed: false,
             expiry_armed: None,
             pending: Vec::new(),
+            out: OutQueue::default(),
         }));
         let hb = self.shared.config.heartbeat * 1000;
         self.timer(self.now_ms + hb, key, generation, TimerKind::Heartbeat);
@@ -822,6 +882,7 @@ impl Core {
                 tcp: &mut conn.stream,
                 scratch: &mut self.scratch,
                 pending: &mut ws.pending,
+                out: &mut ws.out,
             };
             match ws.ctx.read(&mut io) {
                 Ok(msg) => {
@@ -829,11 +890,14 @@ impl Core {
                     let closing = ws.closing;
                     let echo = ws.session.is_none();
                     match msg {
-                        Message::Text(t) if echo => self.write_msg(key, Message::Text(t)),
-                        Message::Binary(b) if echo => self.write_msg(key, Message::Binary(b)),
+                        Message::Text(t) if echo => self.echo(key, outq::TEXT, t.into()),
+                        Message::Binary(b) if echo => self.echo(key, outq::BINARY, b),
                         Message::Close(_) => {
                             // tungstenite queued the reply; nothing else may be
-                            // written, and the peer gets a deadline to go away.
+                            // written (data still queued is dropped: it must
+                            // not follow the close), and the peer gets a
+                            // deadline to go away.
+                            ws.out.drop_unstarted();
                             if !closing {
                                 ws.closing = true;
                                 let at = self.now_ms + CLOSE_TIMEOUT_MS;
@@ -915,7 +979,21 @@ impl Core {
         let State::Ws(ws) = &mut conn.state else {
             return;
         };
-        match ws.ctx.flush(&mut conn.stream) {
+        match ws.out.write_to(&mut conn.stream) {
+            Ok(true) => {}
+            Ok(false) => return, // socket full: the writable event resumes
+            Err(e) => {
+                debug!(core = self.id, error = %e, "write failed");
+                return self.remove_conn(key);
+            }
+        }
+        let mut io = sockio::Io {
+            tcp: &mut conn.stream,
+            scratch: &mut self.scratch,
+            pending: &mut ws.pending,
+            out: &mut ws.out,
+        };
+        match ws.ctx.flush(&mut io) {
             Ok(()) => {
                 if ws.failed {
                     // The close frame is out: end our side so the peer sees EOF.
@@ -932,21 +1010,63 @@ impl Core {
         }
     }
 
-    /// Flushes every connection that got output, once; removals caused by
-    /// flush errors may dirty others (`left` events), hence a few rounds.
-    fn flush_dirty(&mut self) {
+    /// Flushes connections with output, each once: replies (acks, errors,
+    /// pongs, closes) every iteration; room deliveries when an iteration
+    /// brought no new input or [`DEFER_US`] has passed. During a long pass
+    /// over room deliveries, input that arrives is taken in every
+    /// [`FLUSH_POLL_EVERY`] connections, so the messages it publishes ride
+    /// along in the writes still to come (a busy core packs more frames into
+    /// each write, as a work-stealing runtime does by running a woken task
+    /// late). Removals caused by flush errors may queue more output, hence a
+    /// few rounds.
+    fn flush_pending(&mut self) {
+        self.flush_urgent();
+        let mut mid_polls = 0;
         for _ in 0..4 {
-            if self.dirty.is_empty() {
+            let due = !self.flush.deferred.is_empty() && {
+                let since = *self.deferred_since.get_or_insert_with(Instant::now);
+                !self.had_input || since.elapsed() >= Duration::from_micros(DEFER_US)
+            };
+            if !due {
                 return;
             }
-            let dirty = std::mem::take(&mut self.dirty);
-            for &key in &dirty {
+            let keys = std::mem::take(&mut self.flush.deferred);
+            self.deferred_since = None;
+            for (i, &key) in keys.iter().enumerate() {
                 if let Some(Conn {
                     state: State::Ws(ws),
                     ..
                 }) = self.conns.get_mut(key)
                 {
-                    ws.dirty = false;
+                    ws.deferred = false;
+                    ws.urgent = false;
+                    self.ws_flush(key);
+                }
+                if i % FLUSH_POLL_EVERY == FLUSH_POLL_EVERY - 1 && mid_polls < MAX_FLUSH_POLLS {
+                    mid_polls += 1;
+                    self.take_input_now();
+                }
+            }
+            self.settle();
+            self.flush_urgent();
+            self.had_input = false; // what follows came from our own flushes
+        }
+    }
+
+    /// Flushes every connection with a pending reply.
+    fn flush_urgent(&mut self) {
+        for _ in 0..4 {
+            if self.flush.urgent.is_empty() {
+                return;
+            }
+            let keys = std::mem::take(&mut self.flush.urgent);
+            for &key in &keys {
+                if let Some(Conn {
+                    state: State::Ws(ws),
+                    ..
+                }) = self.conns.get_mut(key)
+                {
+                    ws.urgent = false;
                     self.ws_flush(key);
                 }
             }
@@ -959,21 +1079,77 @@ impl Core {
             state: State::Ws(ws),
             ..
         }) = self.conns.get_mut(key)
-            && !ws.dirty
         {
-            ws.dirty = true;
-            self.dirty.push(key);
+            self.flush.mark(ws, key, true);
         }
     }
 
-    fn write_to(&mut self, key: usize, frame: Utf8Bytes) {
-        self.write_msg(key, Message::Text(frame));
+    /// Queues a reply (an event for this connection alone).
+    fn reply(&mut self, key: usize, text: &str) {
+        self.queue(key, outq::text_frame(text.as_bytes()));
     }
 
-    fn write_msg(&mut self, key: usize, msg: Message) {
+    /// Queues a framed reply (from another core, or built once).
+    fn queue(&mut self, key: usize, frame: Bytes) {
         if let Some(conn) = self.conns.get_mut(key) {
-            write_ws(conn, key, msg, &mut self.dirty, &mut self.to_close);
+            queue_ws(
+                conn,
+                key,
+                frame,
+                self.backlogs,
+                &mut self.flush,
+                true,
+                &mut self.to_close,
+            );
         }
+    }
+
+    fn echo(&mut self, key: usize, opcode: u8, payload: Bytes) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let State::Ws(ws) = &mut conn.state else {
+            return;
+        };
+        if ws.closing || ws.doomed {
+            return;
+        }
+        ws.out.push_frame(opcode, payload);
+        if ws.out.pending() > self.backlogs.1 {
+            ws.doomed = true;
+            let c = Closing::Ws(close::SLOW_CONSUMER, "slow consumer");
+            self.to_close.push((key, conn.generation, c));
+        }
+        self.flush.mark(ws, key, true);
+    }
+
+    /// Queues a control frame through tungstenite (heartbeat pings).
+    fn write_control(&mut self, key: usize, msg: Message) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let State::Ws(ws) = &mut conn.state else {
+            return;
+        };
+        if ws.closing || ws.doomed || !ws.ctx.can_write() {
+            return;
+        }
+        let mut io = sockio::Io {
+            tcp: &mut conn.stream,
+            scratch: &mut self.scratch,
+            pending: &mut ws.pending,
+            out: &mut ws.out,
+        };
+        match ws.ctx.write(&mut io, msg) {
+            Ok(()) => {}
+            Err(e) if ws_would_block(&e) => {}
+            Err(_) => {
+                ws.doomed = true;
+                let c = Closing::Drop("write failed");
+                self.to_close.push((key, conn.generation, c));
+            }
+        }
+        self.flush.mark(ws, key, true);
     }
 
     fn session_ctx(&self) -> Ctx<'_> {
@@ -1048,7 +1224,7 @@ impl Core {
         let cores = self.bus.cores();
         for out in outputs.drain(..) {
             match out {
-                Output::Frame(f) => self.write_to(key, f.into()),
+                Output::Frame(f) => self.reply(key, &f),
                 Output::Close { code, reason } => self.close_ws(key, code, reason),
                 Output::Authenticated => self.arm_expiry(key, generation),
                 Output::Join {
@@ -1171,6 +1347,7 @@ impl Core {
             let Ok(batch) = self.inbox.try_recv() else {
                 return;
             };
+            self.had_input = true;
             for msg in batch {
                 self.handle_bus(msg);
             }
@@ -1192,7 +1369,7 @@ impl Core {
         cores
     }
 
-    fn deliver_to_room(&mut self, room: &Arc<str>, frame: Utf8Bytes) {
+    fn deliver_to_room(&mut self, room: &Arc<str>, frame: Bytes) {
         let cores = self.interested_cores(room);
         for &c in &cores {
             let msg = BusMsg::Deliver {
@@ -1214,7 +1391,8 @@ impl Core {
                     .home
                     .sequence(&room, self.now_ms, || Self::new_epoch(rng));
                 let (seq, epoch) = (r.seq, r.epoch.clone());
-                let frame = Utf8Bytes::from(event::message(&room, seq, &epoch, ts, &tail));
+                let frame =
+                    outq::text_frame(event::message(&room, seq, &epoch, ts, &tail).as_bytes());
                 self.deliver_to_room(&room, frame);
                 if let Some(reply) = reply {
                     let ack = Event::new("ack")
@@ -1225,14 +1403,14 @@ impl Core {
                         .finish();
                     let msg = BusMsg::Reply {
                         conn: reply.conn,
-                        frame: ack.into(),
+                        frame: outq::text_frame(ack.as_bytes()),
                     };
                     self.route(reply.core, msg);
                 }
             }
             BusMsg::Reply { conn, frame } => {
                 if self.live(conn.key as usize, conn.generation) {
-                    self.write_to(conn.key as usize, frame);
+                    self.queue(conn.key as usize, frame);
                 }
             }
             BusMsg::Join {
@@ -1265,9 +1443,11 @@ impl Core {
                     // nothing recovers.
                     ack = ack.bool("recovered", *since.epoch == *o.epoch && since.seq == o.seq);
                 }
-                let frame = Utf8Bytes::from(ack.finish());
+                let frame = outq::text_frame(ack.finish().as_bytes());
                 let joined = o.first.then(|| {
-                    Utf8Bytes::from(event::membership("joined", &room, &user, name.as_deref()))
+                    outq::text_frame(
+                        event::membership("joined", &room, &user, name.as_deref()).as_bytes(),
+                    )
                 });
                 let reply = BusMsg::JoinAck {
                     room: room.clone(),
@@ -1291,7 +1471,7 @@ impl Core {
             BusMsg::Leave { room, core, user } => {
                 if let Some(name) = self.home.leave(&room, core, &user, self.now_ms) {
                     let left = event::membership("left", &room, &user, name.as_deref());
-                    self.deliver_to_room(&room, left.into());
+                    self.deliver_to_room(&room, outq::text_frame(left.as_bytes()));
                 }
             }
             BusMsg::Shutdown => self.start_drain(),
@@ -1303,7 +1483,7 @@ impl Core {
         room: Arc<str>,
         conn: ConnRef,
         user: Arc<str>,
-        frame: Utf8Bytes,
+        frame: Bytes,
         rejoin: bool,
     ) {
         let key = conn.key as usize;
@@ -1331,20 +1511,22 @@ impl Core {
         if std::mem::take(&mut ws.blocked) {
             self.runnable.push((key, conn.generation));
         }
-        self.write_to(key, frame);
+        self.queue(key, frame);
     }
 
-    fn deliver_local(&mut self, room: &str, frame: &Utf8Bytes) {
+    fn deliver_local(&mut self, room: &str, frame: &Bytes) {
         let Some(members) = self.rooms.members(room) else {
             return;
         };
         for (_, &key) in members.iter() {
             if let Some(conn) = self.conns.get_mut(key as usize) {
-                write_ws(
+                queue_ws(
                     conn,
                     key as usize,
-                    Message::Text(frame.clone()),
-                    &mut self.dirty,
+                    frame.clone(),
+                    self.backlogs,
+                    &mut self.flush,
+                    false,
                     &mut self.to_close,
                 );
             }
@@ -1423,7 +1605,7 @@ impl Core {
                     );
                     return self.remove_conn(key);
                 }
-                self.write_msg(key, Message::Ping(Default::default()));
+                self.write_control(key, Message::Ping(Default::default()));
                 self.timer(self.now_ms + hb, key, t.generation, TimerKind::Heartbeat);
             }
             (TimerKind::Auth, State::Ws(_)) => {
@@ -1521,13 +1703,23 @@ impl Core {
                 session, user, code, reason, "closing connection"
             );
         }
-        // Room for the close frame even when the backlog is full (4009).
-        ws.ctx.set_config(|c| c.max_write_buffer_size = usize::MAX);
+        if ws.failed || ws.doomed {
+            // A failing or slow connection gets the close frame next: the
+            // backlog is dropped (a started frame is finished first).
+            ws.out.drop_unstarted();
+        }
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        match ws.ctx.close(&mut conn.stream, Some(frame)) {
+        // Through `Io`: the close frame follows whatever data is still queued.
+        let mut io = sockio::Io {
+            tcp: &mut conn.stream,
+            scratch: &mut self.scratch,
+            pending: &mut ws.pending,
+            out: &mut ws.out,
+        };
+        match ws.ctx.close(&mut io, Some(frame)) {
             Ok(()) => {}
             Err(e) if ws_would_block(&e) => {}
             Err(_) => return self.remove_conn(key),
@@ -1602,7 +1794,7 @@ impl Core {
             if has_session {
                 let after = self.rng.u64(RECONNECT_JITTER_MS.0..=RECONNECT_JITTER_MS.1);
                 let ev = Event::new("reconnect").num("after_ms", after).finish();
-                self.write_to(key, ev.into());
+                self.reply(key, &ev);
             }
             self.close_ws(key, close::GOING_AWAY, "server shutting down");
         }
@@ -1610,39 +1802,61 @@ impl Core {
     }
 }
 
-/// Queues `msg` on a WebSocket connection; marks it dirty; records a
-/// needed close (backlog full: 4009; I/O error: drop).
-fn write_ws(
+/// Queues a framed message on a WebSocket connection; marks it for
+/// flushing; records a needed close when its backlog passes the bound
+/// (`backlogs`: `/ws`, `/echo`): 4009.
+fn queue_ws(
     conn: &mut Conn,
     key: usize,
-    msg: Message,
-    dirty: &mut Vec<usize>,
+    frame: Bytes,
+    backlogs: (usize, usize),
+    flush: &mut FlushLists,
+    urgent: bool,
     to_close: &mut Vec<(usize, u32, Closing)>,
 ) {
     let State::Ws(ws) = &mut conn.state else {
         return;
     };
-    if ws.closing || ws.doomed || !ws.ctx.can_write() {
+    if ws.closing || ws.doomed {
         return;
     }
-    match ws.ctx.write(&mut conn.stream, msg) {
-        Ok(()) => {}
-        Err(e) if ws_would_block(&e) => {}
-        Err(tungstenite::Error::WriteBufferFull(_)) => {
-            ws.doomed = true;
-            to_close.push((
-                key,
-                conn.generation,
-                Closing::Ws(close::SLOW_CONSUMER, "slow consumer"),
-            ));
-        }
-        Err(_) => {
-            ws.doomed = true;
-            to_close.push((key, conn.generation, Closing::Drop("write failed")));
-        }
+    ws.out.push(frame);
+    let limit = if ws.session.is_some() {
+        backlogs.0
+    } else {
+        backlogs.1
+    };
+    if ws.out.pending() > limit {
+        ws.doomed = true;
+        to_close.push((
+            key,
+            conn.generation,
+            Closing::Ws(close::SLOW_CONSUMER, "slow consumer"),
+        ));
     }
-    if !ws.dirty {
-        ws.dirty = true;
-        dirty.push(key);
+    flush.mark(ws, key, urgent);
+}
+
+/// Connections with queued output, in two classes (see
+/// [`Core::flush_pending`]).
+#[derive(Debug, Default)]
+struct FlushLists {
+    /// Replies to this connection's own commands, control frames.
+    urgent: Vec<usize>,
+    /// Room deliveries only.
+    deferred: Vec<usize>,
+}
+
+impl FlushLists {
+    fn mark(&mut self, ws: &mut WsConn, key: usize, urgent: bool) {
+        if urgent {
+            if !ws.urgent {
+                ws.urgent = true;
+                self.urgent.push(key);
+            }
+        } else if !ws.deferred && !ws.urgent {
+            ws.deferred = true;
+            self.deferred.push(key);
+        }
     }
 }

@@ -8,8 +8,14 @@
 //! a burst of frames still costs one `read` syscall. Bytes left in the
 //! scratch when a connection stops reading mid-burst (a pending join, the
 //! read budget) move to that connection's `pending` buffer, which is
-//! served first next time. This module must not parse anything.
+//! served first next time.
+//!
+//! Writes tungstenite makes (pongs, pings, close frames) go out only after
+//! the connection's own queue of data frames ([`OutQueue`]) is empty, so a
+//! control frame never lands inside a partly written data frame and a close
+//! frame never precedes queued data. This module must not parse anything.
 
+use super::outq::OutQueue;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 
@@ -56,6 +62,9 @@ pub struct Io<'a> {
     pub scratch: &'a mut ReadScratch,
     /// The connection's stashed input.
     pub pending: &'a mut Vec<u8>,
+    /// The connection's queued data frames (written before anything of
+    /// tungstenite's).
+    pub out: &'a mut OutQueue,
 }
 
 fn copy_out(from: &[u8], to: &mut [u8]) -> usize {
@@ -91,6 +100,9 @@ impl Read for Io<'_> {
 
 impl Write for Io<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.out.is_empty() && !self.out.write_to(self.tcp)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         self.tcp.write(buf)
     }
 

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Benchmarks corecast against the async variant(s), side by side in one run,
+# and writes docs/BENCHMARKS.md (machine, commands, medians, ratios).
+#
+#   scripts/bench.sh                 # full matrix, 3 repetitions (~15 min)
+#   REPS=1 DURATION=3 scripts/bench.sh   # quick look
+#
+# Environment:
+#   REPS        repetitions per case and server (default 3; medians reported)
+#   DURATION    measured seconds per run (default 10), WARMUP (default 2)
+#   SERVERS     servers to compare (default: "corecast tokio", plus "axum"
+#               when the variant builds it)
+#   SERVER_CPUS CPUs the server may use (default 0), GEN_CPUS the load
+#               generator's (default 1); every server gets the same
+#   SERVER_CORES  corecast cores / tokio worker threads (default: the
+#               number of CPUs in SERVER_CPUS)
+#   GEN_THREADS load generator threads (default: CPUs in GEN_CPUS)
+#   OUT         report path (default docs/BENCHMARKS.md)
+#   CASES       subset of cases to run (default: all)
+#
+# Each run starts a fresh server pinned with taskset, drives it with
+# corecast-load (pinned to the other CPUs) and reads the server's CPU time
+# from /proc over the measured window. Runs are bounded in time; servers are
+# stopped at exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPS=${REPS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+SERVER_CPUS=${SERVER_CPUS:-0}
+GEN_CPUS=${GEN_CPUS:-1}
+OUT=${OUT:-docs/BENCHMARKS.md}
+PORT=${PORT:-18400}
+RAW=target/bench
+count_cpus() { python3 -c "import sys
+n=0
+for part in sys.argv[1].split(','):
+    a,_,b=part.partition('-'); n+= (int(b)-int(a)+1) if b else 1
+print(n)" "$1"; }
+SERVER_CORES=${SERVER_CORES:-$(count_cpus "$SERVER_CPUS")}
+GEN_THREADS=${GEN_THREADS:-$(count_cpus "$GEN_CPUS")}
+
+echo "== building (release)"
+cargo build --release --bins
+cargo build --release -p corecast-tokio
+DEFAULT_SERVERS="corecast tokio"
+[ -x target/release/corecast-axum ] && DEFAULT_SERVERS="$DEFAULT_SERVERS axum"
+SERVERS=${SERVERS:-$DEFAULT_SERVERS}
+LOAD=target/release/corecast-load
+rm -rf "$RAW" && mkdir -p "$RAW"
+
+SPID=""
+stop_server() {
+    if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then
+        kill -TERM "$SPID" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SPID" 2>/dev/null || true
+        wait "$SPID" 2>/dev/null || true
+    fi
+    SPID=""
+}
+trap stop_server EXIT
+
+# start_server NAME [ENV=VALUE ...]
+start_server() {
+    local name=$1; shift
+    local log="$RAW/server-$name.log"
+    case "$name" in
+        corecast)
+            env "$@" CORECAST_LISTEN="127.0.0.1:$PORT" CORECAST_ECHO=true CORECAST_LOG=warn \
+                CORECAST_LIMITS__RATE_PER_SEC=1000000000 CORECAST_LIMITS__RATE_BURST=1000000000 \
+                CORECAST_LIMITS__MAX_ROOMS=1000 \
+                taskset -c "$SERVER_CPUS" target/release/corecast --cores "$SERVER_CORES" 2>"$log" &
+            ;;
+        tokio|axum)
+            taskset -c "$SERVER_CPUS" "target/release/corecast-$name" \
+                --listen "127.0.0.1:$PORT" --cores "$SERVER_CORES" 2>"$log" &
+            ;;
+        *) echo "unknown server $name" >&2; exit 2 ;;
+    esac
+    SPID=$!
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "server $name did not start; log:" >&2; cat "$log" >&2; exit 1
+}
+
+# run CASE SERVER REP [SERVER_ENV...] -- LOAD_ARGS...
+run() {
+    local case=$1 server=$2 rep=$3; shift 3
+    local senv=()
+    while [ "$1" != "--" ]; do senv+=("$1"); shift; done
+    shift
+    start_server "$server" "${senv[@]}"
+    local out="$RAW/$case.$server.$rep.json"
+    taskset -c "$GEN_CPUS" "$LOAD" "$@" --addr "127.0.0.1:$PORT" --threads "$GEN_THREADS" \
+        --server-pid "$SPID" --json --quiet >"$out" || true
+    stop_server
+    python3 - "$out" "$case" "$server" "$rep" <<'EOF'
+import json, sys
+p, case, server, rep = sys.argv[1:]
+try:
+    r = json.load(open(p))
+except Exception as e:
+    print(f"   {case:<20} {server:<9} #{rep}: no result ({e})"); sys.exit(0)
+cpu = r.get("server_cpu") or {}
+mem = r.get("memory") or {}
+lat = r.get("latency_us") or {}
+extra = f"  rss/conn {mem['rss_per_conn_kib']:.2f} KiB" if mem else ""
+print(f"   {case:<20} {server:<9} #{rep}: {r['ops_per_s']:>11.0f} ops/s  p99 {lat.get('p99')} us"
+      f"  cpu/op {cpu.get('total_us_per_op', 0):.3f} us  missing {r['missing']}  ooo {r['out_of_order']}"
+      f"  errors {r['errors']}{extra}")
+EOF
+}
+
+# case NAME LOAD_ARGS... : every server, REPS times, servers interleaved
+case_all() {
+    local name=$1; shift
+    if [ -n "${CASES:-}" ] && [[ " $CASES " != *" $name "* ]]; then return; fi
+    echo "== $name: corecast-load $*"
+    echo "$*" >"$RAW/$name.args"
+    for rep in $(seq "$REPS"); do
+        for server in $SERVERS; do
+            run "$name" "$server" "$rep" -- "$@"
+        done
+    done
+}
+
+D=(--duration "$DURATION" --warmup "$WARMUP")
+case_all echo-20 echo --conns 100 --size 20 "${D[@]}"
+case_all echo-512 echo --conns 100 --size 512 "${D[@]}"
+case_all fanout-1x1000 fanout --rooms 1 --members 1000 --publishers 4 --inflight 8 --size 100 "${D[@]}"
+case_all fanout-100x50 fanout --rooms 100 --members 50 --publishers 100 --inflight 2 --size 100 "${D[@]}"
+# Latency at half of each server's own saturated publish rate.
+if [ -z "${CASES:-}" ] || [[ " $CASES " == *" fanout-1x1000-half "* ]]; then
+    echo "== fanout-1x1000-half: 1000 members at half of the saturated publish rate"
+    for rep in $(seq "$REPS"); do
+        for server in $SERVERS; do
+            rate=$(python3 - "$RAW" "$server" <<'EOF'
+import glob, json, statistics, sys
+raw, server = sys.argv[1:]
+rates = [json.load(open(p))["published_per_s"] for p in glob.glob(f"{raw}/fanout-1x1000.{server}.*.json")]
+print(max(1, int(statistics.median(rates) / 2)) if rates else 1000)
+EOF
+)
+            echo "fanout --rooms 1 --members 1000 --publishers 4 --rate RATE/2 --size 100" >"$RAW/fanout-1x1000-half.args"
+            run fanout-1x1000-half "$server" "$rep" -- fanout --rooms 1 --members 1000 --publishers 4 \
+                --rate "$rate" --size 100 "${D[@]}"
+        done
+    done
+fi
+case_all connect connect --conns 50 "${D[@]}"
+case_all idle-15000 idle --conns 15000 --duration 15 --warmup 0
+
+echo "== writing $OUT"
+python3 scripts/bench_report.py "$RAW" "$OUT" "$SERVERS" \
+    "REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP SERVER_CPUS=$SERVER_CPUS GEN_CPUS=$GEN_CPUS SERVER_CORES=$SERVER_CORES GEN_THREADS=$GEN_THREADS"
+echo "done: $OUT"

@@ -1,0 +1,260 @@
+//! The outgoing data frames of one connection: a queue of shared, fully
+//! framed `Bytes`, written with `writev`.
+//!
+//! A room message is framed once (header + JSON) at its home core; queueing
+//! it for a connection is a reference-count increment, and the flush hands
+//! the kernel iovecs that point into those shared frames, so the bytes are
+//! copied once (by the kernel) however many connections receive them. The
+//! earlier path — tungstenite's `write` per connection — copied every frame
+//! into a per-connection buffer first (see docs/ARCHITECTURE.md for the
+//! measurement). tungstenite still reads frames and writes the control
+//! frames it owns (pongs, pings, close); the core writes a close frame only
+//! after this queue is empty, so no data follows it.
+//!
+//! This module must not know about WebSocket state: it only frames and moves
+//! bytes.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+/// Most iovecs per `writev` (the kernel's IOV_MAX is 1024).
+const IOV_BATCH: usize = 256;
+/// Payloads up to this size are copied next to their header in one
+/// allocation; larger ones are queued as header + shared payload.
+const INLINE_PAYLOAD: usize = 4096;
+
+/// Opcode of a text frame.
+pub const TEXT: u8 = 0x1;
+/// Opcode of a binary frame.
+pub const BINARY: u8 = 0x2;
+
+/// Appends the header of an unmasked, final frame (RFC 6455 section 5.2).
+pub fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= 0xffff {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// A complete text frame carrying `payload`, in one allocation.
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(payload.len() + 10);
+    push_header(&mut v, TEXT, payload.len());
+    v.extend_from_slice(payload);
+    Bytes::from(v)
+}
+
+/// Queued output of one connection.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Bytes queued and not yet written.
+    pending: usize,
+}
+
+impl OutQueue {
+    /// Queues a complete frame (or a piece of one, see [`OutQueue::push_frame`]).
+    pub fn push(&mut self, bytes: Bytes) {
+        self.pending += bytes.len();
+        self.frames.push_back(bytes);
+    }
+
+    /// Frames `payload` with `opcode` and queues it, sharing large payloads.
+    pub fn push_frame(&mut self, opcode: u8, payload: Bytes) {
+        let mut head = Vec::with_capacity(10 + payload.len().min(INLINE_PAYLOAD));
+        push_header(&mut head, opcode, payload.len());
+        if payload.len() <= INLINE_PAYLOAD {
+            head.extend_from_slice(&payload);
+            self.push(Bytes::from(head));
+        } else {
+            self.push(Bytes::from(head));
+            self.push(payload);
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    /// Drops every frame not yet started (a connection that is failing or
+    /// whose peer closed); a partly written front frame is kept, so the
+    /// stream stays well framed.
+    pub fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.offset > 0);
+        while self.frames.len() > keep {
+            let f = self.frames.pop_back().expect("non-empty");
+            self.pending -= f.len();
+        }
+    }
+
+    /// Writes as much as the socket takes. `Ok(true)` = all written,
+    /// `Ok(false)` = the socket is full (WouldBlock; wait for writable).
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<bool> {
+        while !self.frames.is_empty() {
+            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+            let mut n = 0;
+            for (i, f) in self.frames.iter().take(IOV_BATCH).enumerate() {
+                iov[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
+                n += 1;
+            }
+            let written = match w.write_vectored(&iov[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.consume(written);
+        }
+        if self.frames.capacity() > 1024 {
+            self.frames = VecDeque::new(); // give back a burst's worth of slots
+        }
+        Ok(true)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.pending -= n;
+        while n > 0 {
+            let front = self
+                .frames
+                .front()
+                .expect("written bytes were queued")
+                .len();
+            let left = front - self.offset;
+            if n >= left {
+                self.frames.pop_front();
+                self.offset = 0;
+                n -= left;
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then WouldBlock
+    /// after `calls` calls.
+    struct Trickle {
+        got: Vec<u8>,
+        cap: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls -= 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.cap - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.cap {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frames_match_tungstenite() {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        for n in [0usize, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'a'; n];
+            let mut theirs = Vec::new();
+            Frame::message(payload.clone(), OpCode::Data(Data::Text), true)
+                .format(&mut theirs)
+                .unwrap();
+            assert_eq!(&text_frame(&payload)[..], &theirs[..], "{n} bytes");
+            let mut q = OutQueue::default();
+            q.push_frame(TEXT, Bytes::from(payload));
+            let mut w = Trickle {
+                got: Vec::new(),
+                cap: usize::MAX,
+                calls: 100,
+            };
+            assert!(q.write_to(&mut w).unwrap());
+            assert_eq!(w.got, theirs, "{n} bytes, queued");
+        }
+    }
+
+    #[test]
+    fn dropping_keeps_a_started_frame_whole() {
+        let mut q = OutQueue::default();
+        let a = text_frame(b"first frame");
+        let b = text_frame(b"second");
+        q.push(a.clone());
+        q.push(b);
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 5,
+            calls: 1,
+        };
+        assert!(!q.write_to(&mut w).unwrap());
+        q.drop_unstarted();
+        w.calls = usize::MAX;
+        assert!(q.write_to(&mut w).unwrap());
+        assert_eq!(
+            w.got,
+            &a[..],
+            "the started frame is finished, the other dropped"
+        );
+        let mut q = OutQueue::default();
+        q.push(text_frame(b"x"));
+        q.drop_unstarted();
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn partial_writes_resume_exactly() {
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        for i in 0..1000u32 {
+            let f = text_frame(format!("message {i}").as_bytes());
+            expect.extend_from_slice(&f);
+            q.push(f);
+        }
+        assert_eq!(q.pending(), expect.len());
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 77,
+            calls: 10,
+        };
+        assert!(!q.write_to(&mut w).unwrap(), "blocked after 10 calls");
+        assert_eq!(q.pending(), expect.len() - 770);
+        w.calls = usize::MAX;
+        assert!(q.write_to(&mut w).unwrap());
+        assert_eq!(w.got, expect);
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,415 @@
+//! `corecast-load`: a load generator for corecast (and the async variants)
+//! on the same non-blocking stack as the server (mio + tungstenite).
+//!
+//! Scenarios: `echo` (round trips on `/echo`), `fanout` (rooms, members and
+//! publishers on `/ws`, checking seq order), `connect` (handshakes per
+//! second) and `idle` (memory per held connection). Every run is bounded in
+//! time and count. Connections are spread over source addresses 127.0.0.x
+//! so ephemeral ports never run out; `--procs` fans out over processes
+//! (each under the 20000 open-files limit) and merges their results.
+//!
+//! The server's CPU time over the measured window (user and system, from
+//! `/proc/PID/stat`) is reported per operation when `--server-pid` is given:
+//! the figure that carries over to bigger machines.
+
+mod report;
+mod worker;
+
+use clap::{Parser, ValueEnum};
+use report::{CpuSample, Outcome};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use worker::{Plan, Shared};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// N connections to /echo, K messages in flight each: round trips.
+    Echo,
+    /// R rooms x M members on /ws, P publishers: deliveries and latency.
+    Fanout,
+    /// C concurrent dialers: open + welcome + close cycles per second.
+    Connect,
+    /// Hold N idle connections: server memory per connection.
+    Idle,
+}
+
+/// Load generator for corecast.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "corecast-load", version, about)]
+struct Args {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Generator threads per process.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Generator processes (each runs --threads threads).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Connections (echo, idle) or concurrent dialers (connect).
+    #[arg(long, default_value_t = 100)]
+    conns: usize,
+    /// Payload bytes (echo message; fan-out data is about this size).
+    #[arg(long, default_value_t = 20)]
+    size: usize,
+    /// Messages in flight per connection (echo) or per publisher (fan-out, flat out).
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Rooms (fan-out).
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Members per room (fan-out).
+    #[arg(long, default_value_t = 100)]
+    members: usize,
+    /// Publishers in total (fan-out); each also joins its room.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Total publish rate per second (fan-out); 0 = flat out.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Source addresses 127.0.0.2.. to spread connections over.
+    #[arg(long, default_value_t = 8)]
+    sources: usize,
+    /// PID of the server, for CPU time and memory figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Less progress output.
+    #[arg(long)]
+    quiet: bool,
+    /// Internal: run as shard I of --procs (talks READY/GO on stdio).
+    #[arg(long, hide = true)]
+    shard: Option<usize>,
+}
+
+fn split(total: usize, parts: usize, i: usize) -> usize {
+    total / parts + usize::from(i < total % parts)
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = validate(&args) {
+        eprintln!("corecast-load: {e}");
+        std::process::exit(2);
+    }
+    let outcome = if args.procs > 1 && args.shard.is_none() {
+        run_procs(&args)
+    } else {
+        run_local(&args)
+    };
+    let ok = outcome.ok();
+    if args.shard.is_some() || args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&outcome.to_json(&args_json(&args))).unwrap()
+        );
+    } else {
+        println!("{}", outcome.table(&args_json(&args)));
+    }
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+fn validate(a: &Args) -> Result<(), String> {
+    if a.threads == 0 || a.procs == 0 {
+        return Err("--threads and --procs must be at least 1".into());
+    }
+    if !(a.duration > 0.0 && a.duration <= 3600.0 && (0.0..=600.0).contains(&a.warmup)) {
+        return Err("--duration must be in (0, 3600] and --warmup in [0, 600]".into());
+    }
+    if a.sources == 0 || a.sources > 250 {
+        return Err("--sources must be 1..=250".into());
+    }
+    let per_proc = match a.scenario {
+        Scenario::Fanout => (a.rooms * a.members + a.publishers).div_ceil(a.procs),
+        _ => a.conns.div_ceil(a.procs),
+    };
+    if per_proc > 18_000 {
+        return Err(format!(
+            "{per_proc} connections per process is over the ~18000 a process may hold here; use --procs"
+        ));
+    }
+    if a.scenario == Scenario::Fanout && (a.rooms == 0 || a.publishers == 0) {
+        return Err("fan-out needs at least one room and one publisher".into());
+    }
+    Ok(())
+}
+
+fn args_json(a: &Args) -> serde_json::Value {
+    serde_json::json!({
+        "scenario": format!("{:?}", a.scenario).to_lowercase(),
+        "addr": a.addr, "threads": a.threads, "procs": a.procs,
+        "duration": a.duration, "warmup": a.warmup, "conns": a.conns,
+        "size": a.size, "inflight": a.inflight, "rooms": a.rooms,
+        "members": a.members, "publishers": a.publishers, "rate": a.rate,
+    })
+}
+
+/// Splits this process's share of the work over its threads.
+fn plans(a: &Args, addr: SocketAddr, shard: usize, procs: usize) -> Vec<Plan> {
+    let sources: Vec<Ipv4Addr> = (0..a.sources)
+        .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+        .collect();
+    let workers = a.threads * procs;
+    (0..a.threads)
+        .map(|t| {
+            let w = shard * a.threads + t; // global worker index
+            let mut members = Vec::new();
+            if a.scenario == Scenario::Fanout {
+                for room in 0..a.rooms {
+                    let n = split(a.members, workers, (w + room) % workers);
+                    if n > 0 {
+                        members.push((room, n));
+                    }
+                }
+            }
+            let publishers: Vec<usize> = (0..a.publishers)
+                .filter(|p| p % workers == w)
+                .map(|p| p % a.rooms)
+                .collect();
+            let rate_per_publisher = if a.rate > 0.0 {
+                a.rate / a.publishers as f64
+            } else {
+                0.0
+            };
+            Plan {
+                addr,
+                host: a.addr.clone(),
+                sources: sources.clone(),
+                conns: split(a.conns, workers, w),
+                members,
+                publishers,
+                size: a.size,
+                inflight: a.inflight.max(1),
+                rate_per_publisher,
+                rooms: a.rooms,
+                offset: w * 7919,
+            }
+        })
+        .collect()
+}
+
+/// Runs this process's workers; as a shard, synchronises with the parent.
+fn run_local(a: &Args) -> Outcome {
+    let addr = match a.addr.to_socket_addrs().ok().and_then(|mut i| i.next()) {
+        Some(addr) => addr,
+        None => {
+            eprintln!("corecast-load: cannot resolve {}", a.addr);
+            std::process::exit(2);
+        }
+    };
+    let (shard, procs) = (a.shard.unwrap_or(0), a.shard.map_or(1, |_| a.procs));
+    let mem_before = match (a.scenario, a.server_pid) {
+        (Scenario::Idle, Some(pid)) => Some(report::MemSample::take(pid)),
+        _ => None,
+    };
+    let shared = Arc::new(Shared::new(a.rooms));
+    let handles: Vec<_> = plans(a, addr, shard, procs)
+        .into_iter()
+        .enumerate()
+        .map(|(i, plan)| {
+            let shared = shared.clone();
+            let scenario = a.scenario;
+            std::thread::Builder::new()
+                .name(format!("load-{i}"))
+                .spawn(move || worker::run(i, scenario, plan, shared))
+                .expect("spawn worker")
+        })
+        .collect();
+    // Setup phase.
+    let setup_start = Instant::now();
+    while shared.ready.load(Ordering::SeqCst) < a.threads {
+        std::thread::sleep(Duration::from_millis(20));
+        if setup_start.elapsed() > Duration::from_secs(90) {
+            eprintln!("corecast-load: setup did not finish in 90 s");
+            shared.stop.store(true, Ordering::SeqCst);
+            break;
+        }
+    }
+    let open_after_setup = shared.open.load(Ordering::Relaxed);
+    if !a.quiet {
+        eprintln!(
+            "[setup] {open_after_setup} connections open in {:.1}s, errors {}",
+            setup_start.elapsed().as_secs_f64(),
+            shared.errors.load(Ordering::Relaxed)
+        );
+    }
+    // Idle: the "after" sample is taken at the end of the hold, so every
+    // connection has been through heartbeats (steady state), not just opened.
+    let mut idle_mem = None;
+    if a.shard.is_some() {
+        // READY to the parent, then wait for GO.
+        println!("READY");
+        std::io::stdout().flush().ok();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    shared.go.store(true, Ordering::SeqCst);
+    let go = Instant::now();
+    let warm = Duration::from_secs_f64(a.warmup);
+    let dur = Duration::from_secs_f64(a.duration);
+    let mut window: Option<(Instant, u64, u64, Option<CpuSample>)> = None;
+    let mut last_print = Instant::now();
+    let mut last_ops = 0;
+    let result_window;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = Instant::now();
+        if window.is_none() && now >= go + warm {
+            shared.measuring.store(true, Ordering::SeqCst);
+            window = Some((
+                now,
+                shared.ops.load(Ordering::Relaxed),
+                shared.published.load(Ordering::Relaxed),
+                a.server_pid.and_then(CpuSample::take),
+            ));
+        }
+        if !a.quiet && a.shard.is_none() && now.duration_since(last_print) >= Duration::from_secs(1)
+        {
+            let ops = shared.ops.load(Ordering::Relaxed);
+            eprintln!(
+                "[{:5.1}s] {:?}: {:>10.0} ops/s  open {}  errors {}",
+                now.duration_since(go).as_secs_f64(),
+                a.scenario,
+                (ops - last_ops) as f64 / now.duration_since(last_print).as_secs_f64(),
+                shared.open.load(Ordering::Relaxed),
+                shared.errors.load(Ordering::Relaxed)
+            );
+            last_ops = ops;
+            last_print = now;
+        }
+        if let Some((start, ops0, pub0, cpu0)) = &window
+            && now >= *start + dur
+        {
+            shared.measuring.store(false, Ordering::SeqCst);
+            let cpu1 = a.server_pid.and_then(CpuSample::take);
+            if let (Some(before), Some(pid)) = (mem_before, a.server_pid) {
+                idle_mem = Some((before, report::MemSample::take(pid)));
+            }
+            result_window = (
+                now.duration_since(*start),
+                shared.ops.load(Ordering::Relaxed) - ops0,
+                shared.published.load(Ordering::Relaxed) - pub0,
+                cpu0.zip(cpu1).map(|(a, b)| b.minus(a)),
+            );
+            break;
+        }
+    }
+    let open_at_end = shared.open.load(Ordering::Relaxed);
+    shared.stop.store(true, Ordering::SeqCst);
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker"))
+        .collect();
+    let mut o = Outcome::merge_workers(results);
+    o.window_s = result_window.0.as_secs_f64();
+    o.ops = result_window.1;
+    o.published = result_window.2;
+    o.server_cpu = result_window.3;
+    o.errors = shared.errors.load(Ordering::Relaxed);
+    o.open_after_setup = open_after_setup;
+    o.open_at_end = open_at_end;
+    o.idle_mem = idle_mem;
+    o
+}
+
+/// Runs `--procs` shard processes in lock step and merges their results.
+fn run_procs(a: &Args) -> Outcome {
+    let exe = std::env::current_exe().expect("own path");
+    let mem_before = match (a.scenario, a.server_pid) {
+        (Scenario::Idle, Some(pid)) => Some(report::MemSample::take(pid)),
+        _ => None,
+    };
+    let mut children = Vec::new();
+    for i in 0..a.procs {
+        let mut cmd = Command::new(&exe);
+        cmd.args(std::env::args().skip(1).filter(|a| a != "--quiet"))
+            .arg("--shard")
+            .arg(i.to_string())
+            .arg("--quiet")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        children.push(cmd.spawn().expect("spawn shard"));
+    }
+    let mut readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().expect("stdout")))
+        .collect();
+    for r in readers.iter_mut() {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("shard READY");
+        if line.trim() != "READY" {
+            eprintln!("corecast-load: a shard failed during setup: {line}");
+        }
+    }
+    for c in children.iter_mut() {
+        let stdin = c.stdin.as_mut().expect("stdin");
+        let _ = stdin.write_all(b"GO\n");
+        let _ = stdin.flush();
+    }
+    let go = Instant::now();
+    // Shards report when they finish; read them on threads while this one
+    // samples the server over the same window the shards measure.
+    let collectors: Vec<_> = readers
+        .into_iter()
+        .map(|r| {
+            std::thread::spawn(move || {
+                let mut out = String::new();
+                for line in r.lines().map_while(Result::ok) {
+                    out = line;
+                }
+                out
+            })
+        })
+        .collect();
+    let warm = Duration::from_secs_f64(a.warmup);
+    std::thread::sleep(warm);
+    let cpu0 = a.server_pid.and_then(CpuSample::take);
+    let window_start = Instant::now();
+    std::thread::sleep(
+        (go + warm + Duration::from_secs_f64(a.duration)).saturating_duration_since(Instant::now()),
+    );
+    let cpu1 = a.server_pid.and_then(CpuSample::take);
+    let idle_mem = mem_before.zip(a.server_pid.map(report::MemSample::take));
+    let sampled = window_start.elapsed().as_secs_f64();
+    let mut outcomes = Vec::new();
+    let mut failed_shards = 0;
+    for (collector, mut child) in collectors.into_iter().zip(children) {
+        let out = collector.join().unwrap_or_default();
+        let _ = child.wait();
+        match serde_json::from_str::<serde_json::Value>(&out) {
+            Ok(v) => outcomes.push(Outcome::from_json(&v)),
+            Err(e) => {
+                eprintln!("corecast-load: bad shard output ({e}): {out}");
+                failed_shards += 1;
+            }
+        }
+    }
+    let mut o = Outcome::merge(outcomes);
+    if failed_shards > 0 {
+        o.errors += failed_shards;
+        o.first_error
+            .get_or_insert_with(|| format!("{failed_shards} shard process(es) failed"));
+    }
+    if o.window_s <= 0.0 {
+        o.window_s = sampled;
+    }
+    o.server_cpu = cpu0.zip(cpu1).map(|(a, b)| b.minus(a));
+    o.idle_mem = idle_mem;
+    o
+}

@@ -1,0 +1,390 @@
+//! Results of a load run: merging workers and shard processes, server CPU
+//! and memory samples from /proc, and the printed table / JSON.
+
+use crate::worker::WorkerResult;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use serde_json::{Value, json};
+
+/// CPU time of a process, seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSample {
+    /// User-space seconds.
+    pub user: f64,
+    /// Kernel seconds.
+    pub sys: f64,
+}
+
+impl CpuSample {
+    /// Reads `/proc/PID/stat` (utime and stime, fields 14 and 15).
+    pub fn take(pid: u32) -> Option<CpuSample> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may contain spaces: split after ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Some(CpuSample {
+            user: f.get(11)?.parse::<f64>().ok()? / tick,
+            sys: f.get(12)?.parse::<f64>().ok()? / tick,
+        })
+    }
+
+    /// `self - earlier`.
+    pub fn minus(self, earlier: CpuSample) -> CpuSample {
+        CpuSample {
+            user: self.user - earlier.user,
+            sys: self.sys - earlier.sys,
+        }
+    }
+}
+
+/// Server memory and kernel slab, KiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemSample {
+    /// Server resident set.
+    pub rss_kib: u64,
+    /// Kernel slab (`Slab:` of /proc/meminfo), whole machine.
+    pub slab_kib: u64,
+}
+
+fn kib_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl MemSample {
+    /// Samples the server `pid` and the machine's slab.
+    pub fn take(pid: u32) -> MemSample {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        MemSample {
+            rss_kib: kib_field(&status, "VmRSS:"),
+            slab_kib: kib_field(&meminfo, "Slab:"),
+        }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Default)]
+pub struct Outcome {
+    /// Measured window, seconds.
+    pub window_s: f64,
+    /// Operations in the window (echoes, deliveries, handshakes).
+    pub ops: u64,
+    /// Publishes acknowledged in the window.
+    pub published: u64,
+    /// Server CPU over the window.
+    pub server_cpu: Option<CpuSample>,
+    /// Latencies, µs.
+    pub hist: Option<Histogram<u64>>,
+    /// Fan-out: messages missing (gaps and tail).
+    pub missing: u64,
+    /// Fan-out: messages out of order.
+    pub out_of_order: u64,
+    /// Fan-out per room: (max seq, members, sum of last seqs).
+    pub rooms: Vec<(u64, u64, u64)>,
+    /// Errors counted.
+    pub errors: u64,
+    /// Connections that failed to open or join.
+    pub setup_failures: u64,
+    /// Connections open after setup / at the end.
+    pub open_after_setup: u64,
+    /// Connections open when the window closed.
+    pub open_at_end: u64,
+    /// Idle: memory (before connecting, after connecting).
+    pub idle_mem: Option<(MemSample, MemSample)>,
+    /// First error text.
+    pub first_error: Option<String>,
+}
+
+fn hist_to_hex(h: &Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut buf)
+        .expect("serialize histogram");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hist_from_hex(s: &str) -> Option<Histogram<u64>> {
+    let bytes: Vec<u8> = (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Deserializer::new().deserialize(&mut &bytes[..]).ok()
+}
+
+fn add_hist(into: &mut Option<Histogram<u64>>, h: Option<Histogram<u64>>) {
+    match (into.as_mut(), h) {
+        (Some(a), Some(b)) => {
+            let _ = a.add(b);
+        }
+        (None, Some(b)) => *into = Some(b),
+        _ => {}
+    }
+}
+
+fn add_rooms(into: &mut Vec<(u64, u64, u64)>, rooms: &[(u64, u64, u64)]) {
+    if into.len() < rooms.len() {
+        into.resize(rooms.len(), (0, 0, 0));
+    }
+    for (a, b) in into.iter_mut().zip(rooms) {
+        a.0 = a.0.max(b.0);
+        a.1 += b.1;
+        a.2 += b.2;
+    }
+}
+
+impl Outcome {
+    /// Combines the workers of one process.
+    pub fn merge_workers(results: Vec<WorkerResult>) -> Outcome {
+        let mut o = Outcome::default();
+        for r in results {
+            add_hist(&mut o.hist, r.hist);
+            o.missing += r.missing;
+            o.out_of_order += r.out_of_order;
+            o.setup_failures += r.setup_failures;
+            add_rooms(&mut o.rooms, &r.rooms);
+            if o.first_error.is_none() {
+                o.first_error = r.first_error;
+            }
+        }
+        o
+    }
+
+    /// Combines shard processes (their windows ran in lock step).
+    pub fn merge(shards: Vec<Outcome>) -> Outcome {
+        let mut o = Outcome::default();
+        let n = shards.len().max(1) as f64;
+        for s in shards {
+            o.window_s += s.window_s / n;
+            o.ops += s.ops;
+            o.published += s.published;
+            add_hist(&mut o.hist, s.hist);
+            o.missing += s.missing;
+            o.out_of_order += s.out_of_order;
+            add_rooms(&mut o.rooms, &s.rooms);
+            o.errors += s.errors;
+            o.setup_failures += s.setup_failures;
+            o.open_after_setup += s.open_after_setup;
+            o.open_at_end += s.open_at_end;
+            if o.first_error.is_none() {
+                o.first_error = s.first_error;
+            }
+        }
+        o
+    }
+
+    /// Messages members never got at the end (their last seq short of the
+    /// room's last), plus gaps seen on the way.
+    pub fn total_missing(&self) -> u64 {
+        let tail: u64 = self
+            .rooms
+            .iter()
+            .map(|&(max, members, sum)| max * members - sum.min(max * members))
+            .sum();
+        self.missing + tail
+    }
+
+    /// No errors, nothing missing or out of order, everything opened.
+    pub fn ok(&self) -> bool {
+        self.errors == 0
+            && self.total_missing() == 0
+            && self.out_of_order == 0
+            && self.setup_failures == 0
+    }
+
+    fn rate(&self, n: u64) -> f64 {
+        if self.window_s > 0.0 {
+            n as f64 / self.window_s
+        } else {
+            0.0
+        }
+    }
+
+    fn pct(&self, q: f64) -> Option<u64> {
+        self.hist
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(|h| h.value_at_quantile(q))
+    }
+
+    /// JSON form (also how shards report to the parent).
+    pub fn to_json(&self, args: &Value) -> Value {
+        let cpu = self.server_cpu.map(|c| {
+            let per = |s: f64| {
+                if self.ops > 0 {
+                    s * 1e6 / self.ops as f64
+                } else {
+                    0.0
+                }
+            };
+            json!({"user_s": c.user, "sys_s": c.sys,
+                   "user_us_per_op": per(c.user), "sys_us_per_op": per(c.sys),
+                   "total_us_per_op": per(c.user + c.sys),
+                   "cores_busy": (c.user + c.sys) / self.window_s.max(1e-9)})
+        });
+        let mem = self.idle_mem.map(|(a, b)| {
+            let n = self.open_after_setup.max(1) as f64;
+            json!({"rss_before_kib": a.rss_kib, "rss_after_kib": b.rss_kib,
+                   "rss_per_conn_kib": (b.rss_kib as f64 - a.rss_kib as f64) / n,
+                   "slab_before_kib": a.slab_kib, "slab_after_kib": b.slab_kib,
+                   "slab_per_conn_kib": (b.slab_kib as f64 - a.slab_kib as f64) / n})
+        });
+        json!({
+            "args": args,
+            "window_s": self.window_s,
+            "ops": self.ops,
+            "ops_per_s": self.rate(self.ops),
+            "published": self.published,
+            "published_per_s": self.rate(self.published),
+            "latency_us": {
+                "p50": self.pct(0.5), "p99": self.pct(0.99), "p999": self.pct(0.999),
+                "max": self.hist.as_ref().filter(|h| !h.is_empty()).map(|h| h.max()),
+                "count": self.hist.as_ref().map(|h| h.len()).unwrap_or(0),
+            },
+            "hist_hex": self.hist.as_ref().map(hist_to_hex),
+            "server_cpu": cpu,
+            "memory": mem,
+            "missing": self.total_missing(),
+            "gaps": self.missing,
+            "out_of_order": self.out_of_order,
+            "rooms": self.rooms,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "setup_failures": self.setup_failures,
+            "open_after_setup": self.open_after_setup,
+            "open_at_end": self.open_at_end,
+            "ok": self.ok(),
+        })
+    }
+
+    /// Reads a shard's JSON.
+    pub fn from_json(v: &Value) -> Outcome {
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
+        Outcome {
+            window_s: v["window_s"].as_f64().unwrap_or(0.0),
+            ops: u("ops"),
+            published: u("published"),
+            hist: v["hist_hex"].as_str().and_then(hist_from_hex),
+            missing: u("gaps"),
+            out_of_order: u("out_of_order"),
+            rooms: serde_json::from_value(v["rooms"].clone()).unwrap_or_default(),
+            errors: u("errors"),
+            setup_failures: u("setup_failures"),
+            open_after_setup: u("open_after_setup"),
+            open_at_end: u("open_at_end"),
+            first_error: v["first_error"].as_str().map(String::from),
+            ..Default::default()
+        }
+    }
+
+    /// Human-readable table.
+    pub fn table(&self, args: &Value) -> String {
+        let j = self.to_json(args);
+        let scenario = args["scenario"].as_str().unwrap_or("?");
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14}{v}\n"));
+        line("scenario", format!("{scenario}  {}", args));
+        line("window", format!("{:.2} s", self.window_s));
+        let (what, one) = match scenario {
+            "echo" => ("echoes", "echo"),
+            "fanout" => ("deliveries", "delivery"),
+            "connect" => ("handshakes", "handshake"),
+            _ => ("ops", "op"),
+        };
+        line(
+            "throughput",
+            format!(
+                "{:.0} {what}/s ({} in the window)",
+                self.rate(self.ops),
+                self.ops
+            ),
+        );
+        if scenario == "fanout" {
+            line(
+                "published",
+                format!("{:.0} msg/s", self.rate(self.published)),
+            );
+            line(
+                "order",
+                format!(
+                    "missing {}  out of order {}",
+                    self.total_missing(),
+                    self.out_of_order
+                ),
+            );
+        }
+        if let Some(p50) = self.pct(0.5) {
+            line(
+                "latency",
+                format!(
+                    "p50 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
+                    p50,
+                    self.pct(0.99).unwrap_or(0),
+                    self.pct(0.999).unwrap_or(0),
+                    j["latency_us"]["max"]
+                ),
+            );
+        }
+        if let Some(c) = self.server_cpu {
+            line(
+                "server CPU",
+                format!(
+                    "user {:.2} s  sys {:.2} s  = {:.2} µs user + {:.2} µs sys per {}  ({:.2} cores busy)",
+                    c.user,
+                    c.sys,
+                    j["server_cpu"]["user_us_per_op"].as_f64().unwrap_or(0.0),
+                    j["server_cpu"]["sys_us_per_op"].as_f64().unwrap_or(0.0),
+                    one,
+                    j["server_cpu"]["cores_busy"].as_f64().unwrap_or(0.0)
+                ),
+            );
+        }
+        if let Some((a, b)) = self.idle_mem {
+            let n = self.open_after_setup.max(1) as f64;
+            line(
+                "memory",
+                format!(
+                    "server RSS {} -> {} KiB = {:.2} KiB/conn; kernel slab {} -> {} KiB = {:.2} KiB/conn (both ends on loopback)",
+                    a.rss_kib,
+                    b.rss_kib,
+                    (b.rss_kib as f64 - a.rss_kib as f64) / n,
+                    a.slab_kib,
+                    b.slab_kib,
+                    (b.slab_kib as f64 - a.slab_kib as f64) / n
+                ),
+            );
+        }
+        line(
+            "connections",
+            format!(
+                "{} open after setup, {} at the end, {} failed setup",
+                self.open_after_setup, self.open_at_end, self.setup_failures
+            ),
+        );
+        line(
+            "errors",
+            format!(
+                "{}{}",
+                self.errors,
+                self.first_error
+                    .as_ref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default()
+            ),
+        );
+        line(
+            "result",
+            if self.ok() {
+                "OK".into()
+            } else {
+                "FAILED".into()
+            },
+        );
+        out
+    }
+}
