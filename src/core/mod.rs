@@ -893,11 +893,10 @@ impl Core {
                         Message::Text(t) if echo => self.echo(key, outq::TEXT, t.into()),
                         Message::Binary(b) if echo => self.echo(key, outq::BINARY, b),
                         Message::Close(_) => {
-                            // tungstenite queued the reply; nothing else may be
-                            // written (data still queued is dropped: it must
-                            // not follow the close), and the peer gets a
+                            // tungstenite queued the reply (it goes out after
+                            // the data already queued, see `sockio::Io`);
+                            // nothing more is queued, and the peer gets a
                             // deadline to go away.
-                            ws.out.drop_unstarted();
                             if !closing {
                                 ws.closing = true;
                                 let at = self.now_ms + CLOSE_TIMEOUT_MS;
@@ -1703,9 +1702,9 @@ impl Core {
                 session, user, code, reason, "closing connection"
             );
         }
-        if ws.failed || ws.doomed {
-            // A failing or slow connection gets the close frame next: the
-            // backlog is dropped (a started frame is finished first).
+        if ws.doomed {
+            // A slow consumer gets the close frame next: its backlog is
+            // dropped (a started frame is finished first).
             ws.out.drop_unstarted();
         }
         let frame = CloseFrame {
