@@ -41,6 +41,7 @@
 //! the kernel took the bytes), so the copy a socket write implies is counted
 //! but no syscall is.
 
+use corecast::core::outq::{self, OutQueue};
 use corecast::proto::event;
 use corecast::timer::TimerWheel;
 use criterion::{
@@ -75,6 +76,15 @@ impl Write for MemStream {
         self.buf.extend_from_slice(data);
         self.written += data.len() as u64;
         Ok(data.len())
+    }
+
+    /// Takes every slice, as `writev` on a socket with room does.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut n = 0;
+        for b in bufs {
+            n += self.write(b)?;
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -192,7 +202,7 @@ fn bench_broadcast(c: &mut Criterion) {
     let mut seq = 0u64;
     g.throughput(Throughput::Elements(CONNS as u64));
     g.bench_function(
-        BenchmarkId::new("write+flush_each", format!("{frame_len}B")),
+        BenchmarkId::new("tungstenite_write+flush_each", format!("{frame_len}B")),
         |b| {
             b.iter(|| {
                 seq += 1;
@@ -215,7 +225,7 @@ fn bench_broadcast(c: &mut Criterion) {
 
     g.throughput(Throughput::Elements((CONNS * CORK) as u64));
     g.bench_function(
-        BenchmarkId::new("corked16_msg_major", format!("{frame_len}B")),
+        BenchmarkId::new("tungstenite_corked16_msg_major", format!("{frame_len}B")),
         |b| {
             b.iter(|| {
                 for _ in 0..CORK {
@@ -239,7 +249,7 @@ fn bench_broadcast(c: &mut Criterion) {
         },
     );
     g.bench_function(
-        BenchmarkId::new("corked16_conn_major", format!("{frame_len}B")),
+        BenchmarkId::new("tungstenite_corked16_conn_major", format!("{frame_len}B")),
         |b| {
             b.iter(|| {
                 let frames: Vec<Utf8Bytes> = (0..CORK)
@@ -264,7 +274,72 @@ fn bench_broadcast(c: &mut Criterion) {
             })
         },
     );
+
+    // What the server does now (core::outq): the frame is framed once and
+    // shared; each connection queues a reference and `writev`s it.
+    let mut queues: Vec<(OutQueue, MemStream)> = (0..CONNS)
+        .map(|_| (OutQueue::default(), MemStream::default()))
+        .collect();
+    g.throughput(Throughput::Elements(CONNS as u64));
+    g.bench_function(
+        BenchmarkId::new("outq_push+write_each", format!("{frame_len}B")),
+        |b| {
+            b.iter(|| {
+                seq += 1;
+                let frame = outq::text_frame(
+                    event::message(
+                        "team:engineering",
+                        seq,
+                        "k3J9xq2LmP",
+                        1_767_225_600_000 + seq,
+                        &tail,
+                    )
+                    .as_bytes(),
+                );
+                for (q, stream) in queues.iter_mut() {
+                    q.push(frame.clone());
+                    assert!(q.write_to(stream).expect("write"));
+                    stream.flush().expect("flush");
+                }
+            })
+        },
+    );
+    g.throughput(Throughput::Elements((CONNS * CORK) as u64));
+    g.bench_function(
+        BenchmarkId::new("outq_corked16_msg_major", format!("{frame_len}B")),
+        |b| {
+            b.iter(|| {
+                for _ in 0..CORK {
+                    seq += 1;
+                    let frame = outq::text_frame(
+                        event::message(
+                            "team:engineering",
+                            seq,
+                            "k3J9xq2LmP",
+                            1_767_225_600_000 + seq,
+                            &tail,
+                        )
+                        .as_bytes(),
+                    );
+                    for (q, _) in queues.iter_mut() {
+                        q.push(frame.clone());
+                    }
+                }
+                for (q, stream) in queues.iter_mut() {
+                    assert!(q.write_to(stream).expect("write"));
+                    stream.flush().expect("flush");
+                }
+            })
+        },
+    );
     g.finish();
+    let expected = queues[0].1.written;
+    assert!(
+        expected > 0
+            && queues
+                .iter()
+                .all(|(q, s)| s.written == expected && q.is_empty())
+    );
 
     // Every connection got every frame and nothing is left unflushed.
     let expected = conns[0].1.written;

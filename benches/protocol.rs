@@ -27,19 +27,8 @@
 //!   builder) against `serde_json::to_string` of `#[derive(Serialize)]`
 //!   structs. Throughput is the encoded size.
 //!
-//! serde_json's `raw_value` feature is not enabled in corecast's dependency
-//! graph, so the `&RawValue` variants are compiled only when asked for:
-//!
-//! ```sh
-//! RUSTFLAGS="--cfg corecast_raw_value" CARGO_TARGET_DIR=target/raw-value \
-//!     cargo bench --bench protocol --features serde_json/raw_value
-//! ```
-//!
-//! (A separate target directory keeps the RUSTFLAGS rebuild from evicting the
-//! normal build.)
-
-// `corecast_raw_value` is a bench-only cfg set through RUSTFLAGS (see above).
-#![allow(unexpected_cfgs)]
+//! serde_json's `raw_value` feature is enabled for the benches only (a
+//! dev-dependency feature; the server's own graph does not use it).
 
 use corecast::proto::ErrorCode;
 use corecast::proto::command::{Command, CommandParser, Id};
@@ -213,7 +202,6 @@ fn serde_value_parse(frame: &[u8], out: &mut Vec<u8>) -> usize {
         }
 }
 
-#[cfg(corecast_raw_value)]
 mod raw {
     use serde::Deserialize;
     use serde_json::value::RawValue;
@@ -274,7 +262,6 @@ fn check_parse_variants(inputs: &[(&'static str, String)]) {
             let vb: serde_json::Value = serde_json::from_slice(&b).expect("serde data");
             assert_eq!(va, vb, "{name}: data differs");
         }
-        #[cfg(corecast_raw_value)]
         {
             let mut c = Vec::new();
             let rc = raw::serde_raw_parse(frame.as_bytes(), &mut c);
@@ -312,7 +299,6 @@ fn bench_command_parse(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("serde_value", name), frame, |b, f| {
             b.iter(|| serde_value_parse(black_box(f), &mut out))
         });
-        #[cfg(corecast_raw_value)]
         g.bench_with_input(BenchmarkId::new("serde_raw", name), frame, |b, f| {
             b.iter(|| raw::serde_raw_parse(black_box(f), &mut out))
         });
@@ -373,7 +359,6 @@ struct AckSer<'a> {
     ts: u64,
 }
 
-#[cfg(corecast_raw_value)]
 #[derive(Serialize)]
 struct MessageRaw<'a> {
     #[serde(rename = "type")]
@@ -463,7 +448,6 @@ fn bench_event_encode(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("serde_value", name), |b| {
             b.iter(|| serde_json::to_string(&ser(black_box(&value))).expect("serialize"))
         });
-        #[cfg(corecast_raw_value)]
         {
             let raw = serde_json::value::RawValue::from_string(data.clone()).expect("raw");
             let s = serde_json::to_string(&MessageRaw {

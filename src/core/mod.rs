@@ -439,9 +439,10 @@ impl Core {
                 }
                 WAKER => {}
                 Token(key) => {
-                    let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                    let hangup = ev.is_read_closed() || ev.is_error();
+                    let readable = ev.is_readable() || hangup;
                     self.had_input |= readable;
-                    self.conn_event(key, readable, ev.is_writable());
+                    self.conn_event(key, readable, ev.is_writable(), hangup);
                 }
             }
         }
@@ -552,7 +553,9 @@ impl Core {
 
     // ---- readiness ----------------------------------------------------
 
-    fn conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+    /// `hangup`: the event also reported the peer's FIN or an error, which
+    /// only a read past the data shows (so no read may be skipped).
+    fn conn_event(&mut self, key: usize, readable: bool, writable: bool, hangup: bool) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -570,7 +573,7 @@ impl Core {
                     self.ws_flush(key);
                 }
                 if readable {
-                    self.ws_read(key);
+                    self.ws_read(key, !hangup);
                 }
             }
         }
@@ -587,7 +590,7 @@ impl Core {
             let batch = std::mem::take(&mut self.runnable);
             for (key, generation) in batch {
                 if self.live(key, generation) {
-                    self.ws_read(key);
+                    self.ws_read(key, false);
                     self.settle();
                 }
             }
@@ -851,7 +854,10 @@ impl Core {
 
     // ---- WebSocket ----------------------------------------------------
 
-    fn ws_read(&mut self, key: usize) {
+    /// Reads and handles frames. `may_skip_eagain`: this follows a readiness
+    /// event without hangup, so a short read proves the socket drained.
+    fn ws_read(&mut self, key: usize, may_skip_eagain: bool) {
+        self.scratch.begin(may_skip_eagain);
         self.ws_read_frames(key);
         let pending = match self.conns.get_mut(key) {
             Some(Conn {
@@ -1083,9 +1089,10 @@ impl Core {
         }
     }
 
-    /// Queues a reply (an event for this connection alone).
+    /// Queues a reply (an event for this connection alone), framed into
+    /// the connection's own tail buffer.
     fn reply(&mut self, key: usize, text: &str) {
-        self.queue(key, outq::text_frame(text.as_bytes()));
+        self.push_private(key, outq::TEXT, text.as_bytes(), None);
     }
 
     /// Queues a framed reply (from another core, or built once).
@@ -1104,6 +1111,12 @@ impl Core {
     }
 
     fn echo(&mut self, key: usize, opcode: u8, payload: Bytes) {
+        self.push_private(key, opcode, &payload.clone(), Some(payload));
+    }
+
+    /// Queues a frame for one connection (see [`OutQueue::push_frame`]),
+    /// marks it for flushing, and dooms it (4009) past its backlog bound.
+    fn push_private(&mut self, key: usize, opcode: u8, payload: &[u8], shared: Option<Bytes>) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -1113,8 +1126,13 @@ impl Core {
         if ws.closing || ws.doomed {
             return;
         }
-        ws.out.push_frame(opcode, payload);
-        if ws.out.pending() > self.backlogs.1 {
+        ws.out.push_frame(opcode, payload, shared);
+        let limit = if ws.session.is_some() {
+            self.backlogs.0
+        } else {
+            self.backlogs.1
+        };
+        if ws.out.pending() > limit {
             ws.doomed = true;
             let c = Closing::Ws(close::SLOW_CONSUMER, "slow consumer");
             self.to_close.push((key, conn.generation, c));

@@ -18,11 +18,14 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-/// Most iovecs per `writev` (the kernel's IOV_MAX is 1024).
-const IOV_BATCH: usize = 256;
-/// Payloads up to this size are copied next to their header in one
-/// allocation; larger ones are queued as header + shared payload.
+/// Most iovecs per `writev` (the kernel's IOV_MAX is 1024); larger
+/// batches take several calls.
+const IOV_BATCH: usize = 64;
+/// Payloads up to this size are copied next to their header; larger ones
+/// are queued as header + shared payload.
 const INLINE_PAYLOAD: usize = 4096;
+/// The tail buffer keeps its allocation between flushes up to this size.
+const TAIL_KEEP: usize = 4096;
 
 /// Opcode of a text frame.
 pub const TEXT: u8 = 0x1;
@@ -51,34 +54,65 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     Bytes::from(v)
 }
 
-/// Queued output of one connection.
+/// Queued output of one connection: shared frames, then a private tail
+/// buffer that small frames built for this connection alone (replies,
+/// echoes) are appended to, so they cost no allocation once it is warm.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     frames: VecDeque<Bytes>,
     /// Bytes of the front frame already written.
     offset: usize,
+    /// Private bytes after all of `frames`.
+    tail: Vec<u8>,
+    /// Bytes of `tail` already written (only while `frames` is empty).
+    tail_offset: usize,
     /// Bytes queued and not yet written.
     pending: usize,
 }
 
 impl OutQueue {
-    /// Queues a complete frame (or a piece of one, see [`OutQueue::push_frame`]).
+    /// Queues a complete shared frame (or a piece of one).
     pub fn push(&mut self, bytes: Bytes) {
+        self.seal_tail();
         self.pending += bytes.len();
         self.frames.push_back(bytes);
     }
 
-    /// Frames `payload` with `opcode` and queues it, sharing large payloads.
-    pub fn push_frame(&mut self, opcode: u8, payload: Bytes) {
-        let mut head = Vec::with_capacity(10 + payload.len().min(INLINE_PAYLOAD));
-        push_header(&mut head, opcode, payload.len());
-        if payload.len() <= INLINE_PAYLOAD {
-            head.extend_from_slice(&payload);
-            self.push(Bytes::from(head));
-        } else {
-            self.push(Bytes::from(head));
-            self.push(payload);
+    /// Moves unwritten tail bytes into the frame list, so that what is
+    /// pushed next follows them.
+    fn seal_tail(&mut self) {
+        if self.tail.len() > self.tail_offset {
+            let mut sealed = Bytes::from(std::mem::take(&mut self.tail));
+            let _ = sealed.split_to(self.tail_offset);
+            self.frames.push_back(sealed);
         }
+        self.tail.clear();
+        self.tail_offset = 0;
+    }
+
+    /// Frames `payload` with `opcode` and queues it: small payloads are
+    /// copied into the tail buffer; a large one is shared when `shared`
+    /// holds it.
+    pub fn push_frame(&mut self, opcode: u8, payload: &[u8], shared: Option<Bytes>) {
+        match shared {
+            Some(big) if payload.len() > INLINE_PAYLOAD => {
+                let mut head = Vec::with_capacity(10);
+                push_header(&mut head, opcode, payload.len());
+                self.push(Bytes::from(head));
+                self.push(big);
+            }
+            _ => {
+                let before = self.tail.len();
+                push_header(&mut self.tail, opcode, payload.len());
+                self.tail.extend_from_slice(payload);
+                self.pending += self.tail.len() - before;
+            }
+        }
+    }
+
+    /// Queues a text frame built for this connection alone.
+    pub fn push_text(&mut self, payload: &[u8]) {
+        self.push_frame(TEXT, payload, None);
     }
 
     /// Bytes waiting to be written.
@@ -91,10 +125,21 @@ impl OutQueue {
         self.pending == 0
     }
 
-    /// Drops every frame not yet started (a connection that is failing or
-    /// whose peer closed); a partly written front frame is kept, so the
-    /// stream stays well framed.
+    /// Drops what has not started going out (a slow consumer about to be
+    /// closed); a partly written frame is finished first, so the stream
+    /// stays well framed.
     pub fn drop_unstarted(&mut self) {
+        if self.frames.is_empty() {
+            if self.tail_offset == 0 {
+                self.pending = 0;
+                self.tail.clear();
+            }
+            // A started tail may hold several frames; it is kept whole.
+            return;
+        }
+        self.pending -= self.tail.len() - self.tail_offset;
+        self.tail.clear();
+        self.tail_offset = 0;
         let keep = usize::from(self.offset > 0);
         while self.frames.len() > keep {
             let f = self.frames.pop_back().expect("non-empty");
@@ -105,24 +150,39 @@ impl OutQueue {
     /// Writes as much as the socket takes. `Ok(true)` = all written,
     /// `Ok(false)` = the socket is full (WouldBlock; wait for writable).
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<bool> {
-        while !self.frames.is_empty() {
-            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-            let mut n = 0;
-            for (i, f) in self.frames.iter().take(IOV_BATCH).enumerate() {
-                iov[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
-                n += 1;
-            }
-            let written = match w.write_vectored(&iov[..n]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        while self.pending > 0 {
+            let result = if self.frames.is_empty() {
+                w.write(&self.tail[self.tail_offset..])
+            } else if self.frames.len() == 1 && self.tail.is_empty() {
+                w.write(&self.frames[0][self.offset..])
+            } else {
+                let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+                let mut n = 0;
+                for (i, f) in self.frames.iter().take(IOV_BATCH).enumerate() {
+                    iov[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
+                    n += 1;
+                }
+                if n < IOV_BATCH && !self.tail.is_empty() {
+                    iov[n] = IoSlice::new(&self.tail);
+                    n += 1;
+                }
+                w.write_vectored(&iov[..n])
             };
-            self.consume(written);
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => self.consume(k),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         if self.frames.capacity() > 1024 {
             self.frames = VecDeque::new(); // give back a burst's worth of slots
+        }
+        self.tail.clear();
+        self.tail_offset = 0;
+        if self.tail.capacity() > TAIL_KEEP {
+            self.tail = Vec::new();
         }
         Ok(true)
     }
@@ -130,12 +190,11 @@ impl OutQueue {
     fn consume(&mut self, mut n: usize) {
         self.pending -= n;
         while n > 0 {
-            let front = self
-                .frames
-                .front()
-                .expect("written bytes were queued")
-                .len();
-            let left = front - self.offset;
+            let Some(front) = self.frames.front() else {
+                self.tail_offset += n; // the rest was tail
+                return;
+            };
+            let left = front.len() - self.offset;
             if n >= left {
                 self.frames.pop_front();
                 self.offset = 0;
@@ -196,15 +255,17 @@ mod tests {
                 .format(&mut theirs)
                 .unwrap();
             assert_eq!(&text_frame(&payload)[..], &theirs[..], "{n} bytes");
-            let mut q = OutQueue::default();
-            q.push_frame(TEXT, Bytes::from(payload));
-            let mut w = Trickle {
-                got: Vec::new(),
-                cap: usize::MAX,
-                calls: 100,
-            };
-            assert!(q.write_to(&mut w).unwrap());
-            assert_eq!(w.got, theirs, "{n} bytes, queued");
+            for shared in [None, Some(Bytes::from(payload.clone()))] {
+                let mut q = OutQueue::default();
+                q.push_frame(TEXT, &payload, shared);
+                let mut w = Trickle {
+                    got: Vec::new(),
+                    cap: usize::MAX,
+                    calls: 100,
+                };
+                assert!(q.write_to(&mut w).unwrap());
+                assert_eq!(w.got, theirs, "{n} bytes, queued");
+            }
         }
     }
 
@@ -233,6 +294,41 @@ mod tests {
         q.push(text_frame(b"x"));
         q.drop_unstarted();
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn tail_and_shared_frames_keep_their_order() {
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        for i in 0..300u32 {
+            let text = format!("m{i}");
+            if i % 3 == 0 {
+                let f = text_frame(text.as_bytes());
+                expect.extend_from_slice(&f);
+                q.push(f);
+            } else {
+                expect.extend_from_slice(&text_frame(text.as_bytes()));
+                q.push_text(text.as_bytes());
+            }
+            if i % 50 == 0 {
+                // partial progress in between
+                let mut w = Trickle {
+                    got: Vec::new(),
+                    cap: 3,
+                    calls: 2,
+                };
+                let _ = q.write_to(&mut w);
+                expect.drain(..w.got.len());
+                assert_eq!(q.pending(), expect.len());
+            }
+        }
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 41,
+            calls: usize::MAX,
+        };
+        assert!(q.write_to(&mut w).unwrap());
+        assert_eq!(w.got, expect);
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub struct ReadScratch {
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
+    /// The last `read` returned less than asked: the socket's receive queue
+    /// was empty at that moment, and on Linux edge-triggered epoll reports
+    /// every later arrival as a new event, so the EAGAIN read that would
+    /// follow is skipped (one syscall per burst saved).
+    drained: bool,
+    /// Whether `drained` may be trusted for the current connection.
+    skip_allowed: bool,
 }
 
 impl Default for ReadScratch {
@@ -36,11 +43,21 @@ impl Default for ReadScratch {
             buf: vec![0; SCRATCH].into_boxed_slice(),
             pos: 0,
             end: 0,
+            drained: false,
+            skip_allowed: false,
         }
     }
 }
 
 impl ReadScratch {
+    /// Starts reading a connection. `may_skip_eagain`: only after a
+    /// readiness event that did not also report a hangup (a FIN that came
+    /// with the data is seen only by reading past it) and not on a resume.
+    pub fn begin(&mut self, may_skip_eagain: bool) {
+        self.drained = false;
+        self.skip_allowed = may_skip_eagain;
+    }
+
     /// Moves unread bytes to a connection's `pending` buffer (or drops
     /// them when the connection is gone: `into` = `None`).
     pub fn stash(&mut self, into: Option<&mut Vec<u8>>) {
@@ -85,9 +102,13 @@ impl Read for Io<'_> {
         }
         let s = &mut *self.scratch;
         if s.pos == s.end {
+            if s.drained {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             let n = self.tcp.read(&mut s.buf)?;
             s.pos = 0;
             s.end = n;
+            s.drained = s.skip_allowed && n < s.buf.len();
             if n == 0 {
                 return Ok(0);
             }

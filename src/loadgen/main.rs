@@ -312,6 +312,9 @@ fn run_local(a: &Args) -> Outcome {
     }
     let open_at_end = shared.open.load(Ordering::Relaxed);
     shared.stop.store(true, Ordering::SeqCst);
+    if a.scenario == Scenario::Fanout {
+        settle_final_seqs(&shared, a.shard.is_some());
+    }
     let results: Vec<_> = handles
         .into_iter()
         .map(|h| h.join().expect("worker"))
@@ -326,6 +329,34 @@ fn run_local(a: &Args) -> Outcome {
     o.open_at_end = open_at_end;
     o.idle_mem = idle_mem;
     o
+}
+
+/// After publishing stopped: waits for this process's publishes to be
+/// acknowledged, then makes the final seq of every room known to the
+/// workers (as a shard: reports its own to the parent and takes the
+/// parent's answer, the maximum over all shards).
+fn settle_final_seqs(shared: &Shared, shard: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shared.unacked.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if shard {
+        let ours: Vec<String> = shared
+            .room_acked
+            .iter()
+            .map(|s| s.load(Ordering::SeqCst).to_string())
+            .collect();
+        println!("STOPPED {}", ours.join(","));
+        std::io::stdout().flush().ok();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        if let Some(list) = line.trim().strip_prefix("FINAL ") {
+            for (slot, v) in shared.room_acked.iter().zip(list.split(',')) {
+                slot.fetch_max(v.parse().unwrap_or(0), Ordering::SeqCst);
+            }
+        }
+    }
+    shared.final_known.store(true, Ordering::SeqCst);
 }
 
 /// Runs `--procs` shard processes in lock step and merges their results.
@@ -363,20 +394,6 @@ fn run_procs(a: &Args) -> Outcome {
         let _ = stdin.flush();
     }
     let go = Instant::now();
-    // Shards report when they finish; read them on threads while this one
-    // samples the server over the same window the shards measure.
-    let collectors: Vec<_> = readers
-        .into_iter()
-        .map(|r| {
-            std::thread::spawn(move || {
-                let mut out = String::new();
-                for line in r.lines().map_while(Result::ok) {
-                    out = line;
-                }
-                out
-            })
-        })
-        .collect();
     let warm = Duration::from_secs_f64(a.warmup);
     std::thread::sleep(warm);
     let cpu0 = a.server_pid.and_then(CpuSample::take);
@@ -387,10 +404,35 @@ fn run_procs(a: &Args) -> Outcome {
     let cpu1 = a.server_pid.and_then(CpuSample::take);
     let idle_mem = mem_before.zip(a.server_pid.map(report::MemSample::take));
     let sampled = window_start.elapsed().as_secs_f64();
+    // Fan-out: every shard reports the final seqs its publishers got; all
+    // of them then drain to the maximum.
+    if a.scenario == Scenario::Fanout {
+        let mut max = vec![0u64; a.rooms];
+        for r in readers.iter_mut() {
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && !line.starts_with("STOPPED") {
+                line.clear();
+            }
+            if let Some(list) = line.trim().strip_prefix("STOPPED ") {
+                for (m, v) in max.iter_mut().zip(list.split(',')) {
+                    *m = (*m).max(v.parse().unwrap_or(0));
+                }
+            }
+        }
+        let list: Vec<String> = max.iter().map(u64::to_string).collect();
+        for c in children.iter_mut() {
+            let stdin = c.stdin.as_mut().expect("stdin");
+            let _ = writeln!(stdin, "FINAL {}", list.join(","));
+            let _ = stdin.flush();
+        }
+    }
     let mut outcomes = Vec::new();
     let mut failed_shards = 0;
-    for (collector, mut child) in collectors.into_iter().zip(children) {
-        let out = collector.join().unwrap_or_default();
+    for (r, mut child) in readers.into_iter().zip(children) {
+        let mut out = String::new();
+        for line in r.lines().map_while(Result::ok) {
+            out = line;
+        }
         let _ = child.wait();
         match serde_json::from_str::<serde_json::Value>(&out) {
             Ok(v) => outcomes.push(Outcome::from_json(&v)),

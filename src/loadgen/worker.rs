@@ -47,6 +47,9 @@ pub struct Shared {
     pub unacked: AtomicU64,
     /// Fan-out: the highest acknowledged seq of each room, all workers.
     pub room_acked: Vec<AtomicU64>,
+    /// Fan-out: `room_acked` holds the final seq of every room (all
+    /// publishers of all processes stopped and were acknowledged).
+    pub final_known: AtomicBool,
 }
 
 impl Shared {
@@ -371,21 +374,12 @@ impl Worker {
                 self.pace();
             }
         }
-        // Drain: fan-out members catch up with what was published.
+        // Drain: every member catches up with the final seq of its room
+        // (known once all publishers, of every process, are acknowledged).
         if self.scenario == Scenario::Fanout {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mut last_change = Instant::now();
-            let mut last_ops = self.shared.ops.load(Ordering::Relaxed);
-            while Instant::now() < deadline && last_change.elapsed() < Duration::from_millis(500) {
-                self.turn(&mut events, Duration::from_millis(20));
-                let ops = self.shared.ops.load(Ordering::Relaxed);
-                if ops != last_ops {
-                    last_ops = ops;
-                    last_change = Instant::now();
-                }
-                if self.caught_up() {
-                    break;
-                }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !self.caught_up() {
+                self.turn(&mut events, Duration::from_millis(10));
             }
         }
         self.finish();
@@ -404,7 +398,7 @@ impl Worker {
     /// Every publish of every worker is acknowledged, and every member of
     /// this worker has the last acknowledged seq of its room.
     fn caught_up(&self) -> bool {
-        self.shared.unacked.load(Ordering::SeqCst) == 0
+        self.shared.final_known.load(Ordering::SeqCst)
             && self.conns.iter().all(|(_, c)| match c.role {
                 Role2::Member { room } | Role2::Publisher { room } => {
                     c.last_seq >= self.shared.room_acked[room].load(Ordering::SeqCst)
@@ -492,8 +486,9 @@ impl Worker {
             if ev.is_writable() {
                 self.on_writable(key);
             }
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                self.on_readable(key);
+            let hangup = ev.is_read_closed() || ev.is_error();
+            if ev.is_readable() || hangup {
+                self.on_readable(key, !hangup);
             }
         }
         self.flush();
@@ -553,7 +548,7 @@ impl Worker {
         }
     }
 
-    fn on_readable(&mut self, key: usize) {
+    fn on_readable(&mut self, key: usize, may_skip_eagain: bool) {
         // Handshake response.
         if let Some(Conn {
             phase: Phase::Handshake { input, .. },
@@ -590,6 +585,7 @@ impl Worker {
         // tungstenite's own buffer stays small), with the clock read once
         // per burst for latencies.
         self.now_cache = now_us();
+        self.scratch.begin(may_skip_eagain);
         loop {
             let Some(c) = self.conns.get_mut(key) else {
                 self.scratch.stash(None);
