@@ -613,10 +613,7 @@ impl Worker {
             return;
         }
         let mut buf = std::mem::take(&mut self.rbuf);
-        loop {
-            let Some(c) = self.conns.get_mut(key) else {
-                break;
-            };
+        while let Some(c) = self.conns.get_mut(key) {
             let n = match c.stream.read(&mut buf) {
                 Ok(0) => {
                     self.closed(key);
