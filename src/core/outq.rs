@@ -18,9 +18,10 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-/// Most iovecs per `writev` (the kernel's IOV_MAX is 1024); larger
-/// batches take several calls.
-const IOV_BATCH: usize = 64;
+/// iovecs built on the stack; more (up to [`IOV_MAX`]) go in a heap vector.
+const IOV_STACK: usize = 64;
+/// Most iovecs per `writev` (the kernel's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 /// Payloads up to this size are copied next to their header; larger ones
 /// are queued as header + shared payload.
 const INLINE_PAYLOAD: usize = 4096;
@@ -155,17 +156,15 @@ impl OutQueue {
                 w.write(&self.tail[self.tail_offset..])
             } else if self.frames.len() == 1 && self.tail.is_empty() {
                 w.write(&self.frames[0][self.offset..])
+            } else if self.frames.len() < IOV_STACK {
+                let mut iov = [IoSlice::new(&[]); IOV_STACK];
+                let n = self.fill_iov(&mut iov);
+                w.write_vectored(&iov[..n])
             } else {
-                let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-                let mut n = 0;
-                for (i, f) in self.frames.iter().take(IOV_BATCH).enumerate() {
-                    iov[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
-                    n += 1;
-                }
-                if n < IOV_BATCH && !self.tail.is_empty() {
-                    iov[n] = IoSlice::new(&self.tail);
-                    n += 1;
-                }
+                // A big batch (a busy core corked many messages): one call
+                // for up to IOV_MAX frames rather than several.
+                let mut iov = vec![IoSlice::new(&[]); (self.frames.len() + 1).min(IOV_MAX)];
+                let n = self.fill_iov(&mut iov);
                 w.write_vectored(&iov[..n])
             };
             match result {
@@ -185,6 +184,21 @@ impl OutQueue {
             self.tail = Vec::new();
         }
         Ok(true)
+    }
+
+    /// Points `iov` at the unwritten frames (and the tail if it fits);
+    /// returns how many slices were set.
+    fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (i, f) in self.frames.iter().take(iov.len()).enumerate() {
+            iov[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
+            n += 1;
+        }
+        if n < iov.len() && !self.tail.is_empty() {
+            iov[n] = IoSlice::new(&self.tail);
+            n += 1;
+        }
+        n
     }
 
     fn consume(&mut self, mut n: usize) {
