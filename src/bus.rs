@@ -67,6 +67,8 @@ pub enum BusMsg {
         conn: ConnRef,
         /// Its user (to undo the join if the connection is gone).
         user: Arc<str>,
+        /// Missed messages to send before the `ack` (recovery), framed.
+        replay: Vec<Bytes>,
         /// The `ack`, framed.
         frame: Bytes,
         /// It was a rejoin (nothing to add).
@@ -103,6 +105,17 @@ pub enum BusMsg {
         conn: ConnRef,
         /// The event, framed.
         frame: Bytes,
+    },
+    /// To a room's home core: answer a `history` command.
+    History {
+        /// Room.
+        room: Arc<str>,
+        /// Where the reply goes.
+        reply: ReplyTo,
+        /// Only messages with a smaller seq.
+        before: Option<u64>,
+        /// At most this many.
+        limit: u64,
     },
     /// Start draining: stop accepting, tell clients to reconnect, exit.
     Shutdown,

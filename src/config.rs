@@ -45,6 +45,12 @@ pub const DEFAULT_MAX_BACKLOG: usize = 1_048_576;
 pub const DEFAULT_READ_BUFFER: usize = 128;
 /// Default largest message on the `/echo` route (Autobahn sends 16 MiB).
 pub const DEFAULT_ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Default messages of history kept per room.
+pub const DEFAULT_HISTORY_SIZE: usize = 1000;
+/// Default age limit of history, seconds.
+pub const DEFAULT_HISTORY_TTL: u64 = 86_400;
+/// Default directory of the durable history store.
+pub const DEFAULT_HISTORY_PATH: &str = "./data";
 
 /// A whole-server configuration. Build it with [`Config::load`] (file, env,
 /// flags) or start from [`Config::default`] in code and call
@@ -70,6 +76,47 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Limits.
     pub limits: LimitsConfig,
+    /// Room history and durability.
+    pub history: HistoryConfig,
+}
+
+/// What an `ack` promises about a message (config `history.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The message is on disk (fsynced, group commit) before it is delivered
+    /// and acknowledged.
+    Sync,
+    /// Delivered and acknowledged at once, written to disk in the background.
+    Async,
+    /// Kept in memory only.
+    Memory,
+}
+
+/// `[history]`: how much of each room is kept, and where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per room, in memory and on disk alike.
+    pub size: usize,
+    /// Age limit, seconds.
+    pub ttl: u64,
+    /// What an ack promises.
+    pub durability: Durability,
+    /// Directory of the durable store.
+    #[serde(deserialize_with = "lenient_string")]
+    pub path: String,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: DEFAULT_HISTORY_SIZE,
+            ttl: DEFAULT_HISTORY_TTL,
+            durability: Durability::Memory,
+            path: DEFAULT_HISTORY_PATH.to_string(),
+        }
+    }
 }
 
 /// `[auth]`: JWT verification and the default room policy.
@@ -131,6 +178,7 @@ impl Default for Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -324,6 +372,19 @@ impl Config {
                 "limits.read_buffer: {} must be 64..=1048576 bytes",
                 l.read_buffer
             ));
+        }
+        let h = &self.history;
+        if !(1..=1_000_000).contains(&h.size) {
+            return err(format!(
+                "history.size: {} must be 1..=1000000 messages",
+                h.size
+            ));
+        }
+        if h.ttl == 0 {
+            return err("history.ttl: must be at least 1 second".into());
+        }
+        if h.durability != Durability::Memory && h.path.trim().is_empty() {
+            return err("history.path: must name a directory".into());
         }
         if !(1024..=256 * 1024 * 1024).contains(&l.echo_max_message) {
             return err(format!(

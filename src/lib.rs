@@ -31,6 +31,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod core;
+pub mod history;
 pub mod proto;
 pub mod rooms;
 pub mod server;

@@ -8,6 +8,7 @@
 //! counts). This module must not send anything or touch connections; the
 //! core loop routes what these structures decide.
 
+use crate::history::{Retention, Window};
 use slab::Slab;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct HomeRoom {
     users: HashMap<Arc<str>, RoomUser>,
     /// Monotonic ms of the last join, leave or publish.
     last_active_ms: u64,
+    /// Recent messages, for recovery and `history`.
+    pub history: Window,
 }
 
 impl HomeRoom {
@@ -124,18 +127,27 @@ pub struct JoinOutcome {
 pub struct HomeRooms {
     rooms: HashMap<Arc<str>, HomeRoom>,
     cores: usize,
-    /// Idle rooms (no members) are forgotten after this long without activity.
+    /// Rooms without members or history are forgotten after this long
+    /// without activity.
     idle_ms: u64,
+    /// History bounds.
+    pub retention: Retention,
 }
 
 impl HomeRooms {
     /// Home-room table for a server of `cores` cores.
-    pub fn new(cores: usize, idle_ms: u64) -> Self {
+    pub fn new(cores: usize, idle_ms: u64, retention: Retention) -> Self {
         HomeRooms {
             rooms: HashMap::new(),
             cores,
             idle_ms,
+            retention,
         }
+    }
+
+    /// The room, if it exists, for changes.
+    pub fn get_mut(&mut self, room: &str) -> Option<&mut HomeRoom> {
+        self.rooms.get_mut(room)
     }
 
     /// The room, if it exists.
@@ -166,6 +178,7 @@ impl HomeRooms {
             cores: vec![0; cores],
             users: HashMap::new(),
             last_active_ms: now_ms,
+            history: Window::default(),
         });
         r.last_active_ms = now_ms;
         r
@@ -221,7 +234,7 @@ impl HomeRooms {
         } else {
             None
         };
-        if r.idle() && r.seq == 0 {
+        if r.idle() && r.history.is_empty() {
             self.rooms.remove(room);
         }
         left
@@ -233,7 +246,7 @@ impl HomeRooms {
         room: &Arc<str>,
         now_ms: u64,
         new_epoch: impl FnOnce() -> Arc<str>,
-    ) -> &HomeRoom {
+    ) -> &mut HomeRoom {
         let r = self.room_mut(room, now_ms, new_epoch);
         r.seq += 1;
         r
@@ -242,11 +255,19 @@ impl HomeRooms {
     /// Forgets rooms without members that have been inactive for the idle
     /// time (their seq restarts under a new epoch if they come back).
     /// Returns how many were dropped.
-    pub fn sweep(&mut self, now_ms: u64) -> usize {
+    /// Trims every room's history by age, then forgets rooms with no
+    /// members and no history that have been inactive for the idle time
+    /// (a room that comes back starts a new epoch). Returns how many were
+    /// dropped.
+    pub fn sweep(&mut self, now_ms: u64, now_unix_ms: u64) -> usize {
         let before = self.rooms.len();
-        let idle_ms = self.idle_ms;
-        self.rooms
-            .retain(|_, r| !(r.idle() && now_ms.saturating_sub(r.last_active_ms) >= idle_ms));
+        let (idle_ms, retention) = (self.idle_ms, self.retention);
+        self.rooms.retain(|_, r| {
+            r.history.trim(&retention, now_unix_ms);
+            !(r.idle()
+                && r.history.is_empty()
+                && now_ms.saturating_sub(r.last_active_ms) >= idle_ms)
+        });
         before - self.rooms.len()
     }
 }
@@ -254,6 +275,11 @@ impl HomeRooms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RET: Retention = Retention {
+        size: 10,
+        ttl_ms: 10_000,
+    };
 
     fn epoch() -> Arc<str> {
         "e1".into()
@@ -276,7 +302,7 @@ mod tests {
 
     #[test]
     fn home_counts_users_and_cores() {
-        let mut h = HomeRooms::new(2, 1000);
+        let mut h = HomeRooms::new(2, 1000, RET);
         let r: Arc<str> = "a".into();
         let u1: Arc<str> = "u1".into();
         let u2: Arc<str> = "u2".into();
@@ -317,7 +343,15 @@ mod tests {
         );
         assert_eq!((o.first, o.members), (true, 2));
         assert_eq!(h.get("a").unwrap().interested().collect::<Vec<_>>(), [0, 1]);
-        assert_eq!(h.sequence(&r, 0, epoch).seq, 1);
+        let entry = crate::history::Entry {
+            seq: 1,
+            ts: 0,
+            frame: bytes::Bytes::from_static(b"\x81\x02{}"),
+            header_len: 2,
+        };
+        let room = h.sequence(&r, 0, epoch);
+        assert_eq!(room.seq, 1);
+        room.history.push(entry, &RET, 0);
         assert_eq!(
             h.join(
                 &r,
@@ -340,14 +374,14 @@ mod tests {
         assert_eq!(h.leave("a", 1, "u1", 0), Some(None));
         assert_eq!(h.leave("a", 1, "u2", 0), Some(None));
         assert!(h.get("a").is_some(), "kept: it has messages");
-        assert_eq!(h.sweep(500), 0);
-        assert_eq!(h.sweep(1000), 1);
+        assert_eq!(h.sweep(5000, 0), 0, "history keeps it");
+        assert_eq!(h.sweep(5000, 20_000), 1, "history expired and idle");
         assert!(h.is_empty());
     }
 
     #[test]
     fn empty_room_without_messages_is_dropped_at_once() {
-        let mut h = HomeRooms::new(1, 1000);
+        let mut h = HomeRooms::new(1, 1000, RET);
         let r: Arc<str> = "a".into();
         let u: Arc<str> = "u".into();
         h.join(

@@ -653,7 +653,6 @@ fn commands_not_offered_yet_are_unsupported_and_harmless() {
         json!({"type":"typing","id":"t","room":"r","typing":true}),
         json!({"type":"presence","id":"p","status":"away"}),
         json!({"type":"direct","id":"d","to":me,"data":{"hi":1}}),
-        json!({"type":"history","id":"h","room":"r"}),
         json!({"type":"members","id":"m","room":"r"}),
     ] {
         expect_error_reply(&mut c, cmd, "unsupported");

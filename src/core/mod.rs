@@ -18,6 +18,7 @@ pub mod sockio;
 use crate::auth::{Authenticator, Identity, unix_now};
 use crate::bus::{Bus, BusMsg, ConnRef, Inbox, Outbox, ReplyTo, home_core};
 use crate::config::Config;
+use crate::history::{Entry, Retention};
 use crate::proto::close;
 use crate::proto::command::CommandParser;
 use crate::proto::event::{self, Event};
@@ -348,7 +349,14 @@ impl Core {
             conns: Slab::with_capacity(1024),
             next_generation: 0,
             rooms: LocalRooms::default(),
-            home: HomeRooms::new(cores, ROOM_IDLE_MS),
+            home: HomeRooms::new(
+                cores,
+                ROOM_IDLE_MS,
+                Retention {
+                    size: init.shared.config.history.size,
+                    ttl_ms: init.shared.config.history.ttl.saturating_mul(1000),
+                },
+            ),
             wheel: TimerWheel::new(WHEEL_SLOTS, TICK_MS, now),
             inbox: init.inbox,
             bus: init.bus,
@@ -1281,6 +1289,26 @@ impl Core {
                         self.route(home, BusMsg::Leave { room, core, user });
                     }
                 }
+                Output::History {
+                    room,
+                    id,
+                    before,
+                    limit,
+                } => {
+                    let home = home_core(&room, cores);
+                    let reply = ReplyTo {
+                        core: self.id,
+                        conn: conn_ref,
+                        id,
+                    };
+                    let msg = BusMsg::History {
+                        room,
+                        reply,
+                        before,
+                        limit,
+                    };
+                    self.route(home, msg);
+                }
                 Output::Publish { room, id, tail } => {
                     let home = home_core(&room, cores);
                     let reply = Some(ReplyTo {
@@ -1403,13 +1431,21 @@ impl Core {
             BusMsg::Deliver { room, frame } => self.deliver_local(&room, &frame),
             BusMsg::Publish { room, reply, tail } => {
                 let ts = self.unix_ms();
+                let retention = self.home.retention;
                 let rng = &mut self.rng;
                 let r = self
                     .home
                     .sequence(&room, self.now_ms, || Self::new_epoch(rng));
                 let (seq, epoch) = (r.seq, r.epoch.clone());
-                let frame =
-                    outq::text_frame(event::message(&room, seq, &epoch, ts, &tail).as_bytes());
+                let json = event::message(&room, seq, &epoch, ts, &tail);
+                let frame = outq::text_frame(json.as_bytes());
+                let entry = Entry {
+                    seq,
+                    ts,
+                    header_len: (frame.len() - json.len()) as u8,
+                    frame: frame.clone(),
+                };
+                r.history.push(entry, &retention, ts);
                 self.deliver_to_room(&room, frame);
                 if let Some(reply) = reply {
                     let ack = Event::new("ack")
@@ -1455,10 +1491,20 @@ impl Core {
                     .str("epoch", &o.epoch)
                     .num("seq", o.seq)
                     .num("members", o.members as u64);
+                // Recovery: the missed messages go out before the ack, from
+                // the room's window, when it still holds all of them.
+                let mut replay = Vec::new();
                 if let Some(since) = since {
-                    // Without a history window, only a client that missed
-                    // nothing recovers.
-                    ack = ack.bool("recovered", *since.epoch == *o.epoch && since.seq == o.seq);
+                    let r = self.home.get(&room).expect("joined room exists");
+                    let recovered = *since.epoch == *o.epoch
+                        && match r.history.since(since.seq, o.seq) {
+                            Some(missed) => {
+                                replay.extend(missed.map(|e| e.frame.clone()));
+                                true
+                            }
+                            None => false,
+                        };
+                    ack = ack.bool("recovered", recovered);
                 }
                 let frame = outq::text_frame(ack.finish().as_bytes());
                 let joined = o.first.then(|| {
@@ -1470,6 +1516,7 @@ impl Core {
                     room: room.clone(),
                     conn,
                     user,
+                    replay,
                     frame,
                     rejoin,
                 };
@@ -1482,9 +1529,43 @@ impl Core {
                 room,
                 conn,
                 user,
+                replay,
                 frame,
                 rejoin,
-            } => self.join_acked(room, conn, user, frame, rejoin),
+            } => self.join_acked(room, conn, user, replay, frame, rejoin),
+            BusMsg::History {
+                room,
+                reply,
+                before,
+                limit,
+            } => {
+                let mut out = String::with_capacity(256);
+                out.push_str("{\"type\":\"history\"");
+                if let Some(id) = &reply.id {
+                    out.push_str(",\"id\":");
+                    out.push_str(id.as_json());
+                }
+                out.push_str(",\"room\":");
+                event::push_json_str(&mut out, &room);
+                out.push_str(",\"messages\":[");
+                let (retention, now) = (self.home.retention, self.unix_ms());
+                if let Some(r) = self.home.get_mut(&room) {
+                    r.history.trim(&retention, now);
+                    for (i, e) in r.history.page(before, limit as usize).enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        // Entries hold the JSON the server itself encoded.
+                        out.push_str(std::str::from_utf8(e.json()).unwrap_or("null"));
+                    }
+                }
+                out.push_str("]}");
+                let msg = BusMsg::Reply {
+                    conn: reply.conn,
+                    frame: outq::text_frame(out.as_bytes()),
+                };
+                self.route(reply.core, msg);
+            }
             BusMsg::Leave { room, core, user } => {
                 if let Some(name) = self.home.leave(&room, core, &user, self.now_ms) {
                     let left = event::membership("left", &room, &user, name.as_deref());
@@ -1500,6 +1581,7 @@ impl Core {
         room: Arc<str>,
         conn: ConnRef,
         user: Arc<str>,
+        replay: Vec<Bytes>,
         frame: Bytes,
         rejoin: bool,
     ) {
@@ -1527,6 +1609,12 @@ impl Core {
         }
         if std::mem::take(&mut ws.blocked) {
             self.runnable.push((key, conn.generation));
+        }
+        // Missed messages first (a replay that passes the backlog bound
+        // closes the connection with 4009, like any slow consumer), then
+        // the ack.
+        for missed in replay {
+            self.queue(key, missed);
         }
         self.queue(key, frame);
     }
@@ -1577,7 +1665,7 @@ impl Core {
                 return self.accept();
             }
             TimerKind::Sweep => {
-                let dropped = self.home.sweep(self.now_ms);
+                let dropped = self.home.sweep(self.now_ms, self.unix_ms());
                 if dropped > 0 {
                     debug!(core = self.id, dropped, "idle rooms forgotten");
                 }

@@ -118,6 +118,17 @@ pub enum Output {
         /// Slot in the local member list.
         slot: u32,
     },
+    /// Ask the room's home core for a page of history; it answers.
+    History {
+        /// Room (joined).
+        room: Arc<str>,
+        /// Command id for the reply.
+        id: Option<Id>,
+        /// Only messages with a smaller seq.
+        before: Option<u64>,
+        /// At most this many (1..=500).
+        limit: u64,
+    },
     /// Send to the room's home core for sequencing; it answers with the `ack`.
     Publish {
         /// Room.
@@ -427,10 +438,27 @@ impl Session {
                 });
             }
             Command::Ping => out.push(Output::Frame(Event::new("pong").id(id).finish())),
+            Command::History {
+                room,
+                before,
+                limit,
+            } => {
+                if !valid_room(room) {
+                    return self.error(id, ErrorCode::InvalidRoom, "invalid room name", out);
+                }
+                let Some(joined) = self.room(room) else {
+                    return self.error(id, ErrorCode::NotMember, "join the room first", out);
+                };
+                out.push(Output::History {
+                    room: joined.name.clone(),
+                    id: id.cloned(),
+                    before,
+                    limit,
+                });
+            }
             other @ (Command::Typing { .. }
             | Command::Presence { .. }
             | Command::Direct { .. }
-            | Command::History { .. }
             | Command::Members { .. }) => {
                 let msg = format!(
                     "`{}` is not available in this server version yet",

@@ -32,6 +32,8 @@ impl TestServer {
             pin: false,
             ..Default::default()
         };
+        // Durable history is tested on its own (with a temporary directory).
+        c.history.durability = corecast::config::Durability::Memory;
         f(&mut c);
         let server = Server::start(c).expect("server starts");
         let addr = server.local_addr();
@@ -296,6 +298,9 @@ impl ChildServer {
             .stderr(Stdio::piped());
         if !env.iter().any(|(k, _)| *k == "CORECAST_LISTEN") {
             cmd.env("CORECAST_LISTEN", "127.0.0.1:0");
+        }
+        if !env.iter().any(|(k, _)| k.starts_with("CORECAST_HISTORY__")) {
+            cmd.env("CORECAST_HISTORY__DURABILITY", "memory");
         }
         for (k, v) in env {
             cmd.env(k, v);
