@@ -30,6 +30,10 @@ fn start_server() -> ChildServer {
         ("CORECAST_LIMITS__RATE_PER_SEC", "100000"),
         ("CORECAST_LIMITS__RATE_BURST", "100000"),
         ("CORECAST_LIMITS__MAX_BACKLOG", MAX_BACKLOG),
+        // Room history holds `size` messages per room on purpose; keep it
+        // small so the RSS bound below measures the per-connection backlogs.
+        ("CORECAST_HISTORY__DURABILITY", "memory"),
+        ("CORECAST_HISTORY__SIZE", "10"),
     ])
 }
 
