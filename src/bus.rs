@@ -117,6 +117,20 @@ pub enum BusMsg {
         /// At most this many.
         limit: u64,
     },
+    /// From the store thread: `room`'s messages up to `upto` are durable
+    /// (sync mode): deliver and acknowledge them.
+    Stored {
+        /// Room.
+        room: Arc<str>,
+        /// Highest durable seq.
+        upto: u64,
+    },
+    /// From the store thread: writing `room`'s messages failed; fail its
+    /// pending publishes and roll its seq back.
+    StoreFailed {
+        /// Room.
+        room: Arc<str>,
+    },
     /// Start draining: stop accepting, tell clients to reconnect, exit.
     Shutdown,
 }

@@ -113,7 +113,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             size: DEFAULT_HISTORY_SIZE,
             ttl: DEFAULT_HISTORY_TTL,
-            durability: Durability::Memory,
+            durability: Durability::Sync,
             path: DEFAULT_HISTORY_PATH.to_string(),
         }
     }

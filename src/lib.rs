@@ -35,6 +35,7 @@ pub mod history;
 pub mod proto;
 pub mod rooms;
 pub mod server;
+pub mod store;
 pub mod timer;
 
 pub use config::Config;

@@ -8,9 +8,11 @@
 //! counts). This module must not send anything or touch connections; the
 //! core loop routes what these structures decide.
 
-use crate::history::{Retention, Window};
+use crate::bus::ReplyTo;
+use crate::history::{Entry, Retention, Window};
+use crate::store::LoadedRoom;
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Members of rooms on this core.
@@ -76,6 +78,19 @@ pub struct HomeRoom {
     last_active_ms: u64,
     /// Recent messages, for recovery and `history`.
     pub history: Window,
+    /// Sequenced messages waiting for the store's fsync (sync mode), in
+    /// seq order; they are delivered, acknowledged and enter `history`
+    /// once stored.
+    pub pending: VecDeque<Pending>,
+}
+
+/// A sequenced message not yet durable.
+#[derive(Debug)]
+pub struct Pending {
+    /// The message.
+    pub entry: Entry,
+    /// Where its `ack` goes.
+    pub reply: Option<ReplyTo>,
 }
 
 impl HomeRoom {
@@ -95,6 +110,16 @@ impl HomeRoom {
 
     fn idle(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// The seq of the last message delivered (messages waiting for the
+    /// store are not visible yet: a joiner's `ack` must not claim them).
+    pub fn visible_seq(&self) -> u64 {
+        self.seq - self.pending.len() as u64
+    }
+
+    fn holds_nothing(&self) -> bool {
+        self.history.is_empty() && self.pending.is_empty()
     }
 }
 
@@ -179,6 +204,7 @@ impl HomeRooms {
             users: HashMap::new(),
             last_active_ms: now_ms,
             history: Window::default(),
+            pending: VecDeque::new(),
         });
         r.last_active_ms = now_ms;
         r
@@ -207,7 +233,7 @@ impl HomeRooms {
             u.connections += 1;
         }
         JoinOutcome {
-            seq: r.seq,
+            seq: r.visible_seq(),
             epoch: r.epoch.clone(),
             members: r.users.len(),
             first,
@@ -234,10 +260,28 @@ impl HomeRooms {
         } else {
             None
         };
-        if r.idle() && r.history.is_empty() {
+        if r.idle() && r.holds_nothing() {
             self.rooms.remove(room);
         }
         left
+    }
+
+    /// Installs a room loaded from the durable store (at start).
+    pub fn restore(&mut self, loaded: LoadedRoom, now_ms: u64, now_unix_ms: u64) {
+        let mut history = Window::default();
+        for e in loaded.entries {
+            history.push(e, &self.retention, now_unix_ms);
+        }
+        let r = HomeRoom {
+            seq: loaded.seq,
+            epoch: loaded.epoch,
+            cores: vec![0; self.cores],
+            users: HashMap::new(),
+            last_active_ms: now_ms,
+            history,
+            pending: VecDeque::new(),
+        };
+        self.rooms.insert(loaded.room, r);
     }
 
     /// Assigns the next seq of `room` (creating it for publish-only senders).
@@ -252,9 +296,6 @@ impl HomeRooms {
         r
     }
 
-    /// Forgets rooms without members that have been inactive for the idle
-    /// time (their seq restarts under a new epoch if they come back).
-    /// Returns how many were dropped.
     /// Trims every room's history by age, then forgets rooms with no
     /// members and no history that have been inactive for the idle time
     /// (a room that comes back starts a new epoch). Returns how many were
@@ -264,9 +305,7 @@ impl HomeRooms {
         let (idle_ms, retention) = (self.idle_ms, self.retention);
         self.rooms.retain(|_, r| {
             r.history.trim(&retention, now_unix_ms);
-            !(r.idle()
-                && r.history.is_empty()
-                && now_ms.saturating_sub(r.last_active_ms) >= idle_ms)
+            !(r.idle() && r.holds_nothing() && now_ms.saturating_sub(r.last_active_ms) >= idle_ms)
         });
         before - self.rooms.len()
     }

@@ -4,9 +4,12 @@
 //!
 //! Owns thread lifecycle only; it must not do any per-connection work.
 
+use crate::bus::home_core;
 use crate::bus::{Bus, BusMsg};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Durability};
 use crate::core::{Core, CoreInit, Shared, WAKER, listener};
+use crate::history::Retention;
+use crate::store::{Store, StoreError, StoreHandle, StoreMsg};
 use mio::{Poll, Waker};
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ pub struct Server {
     shared: Arc<Shared>,
     bus: Bus,
     threads: Vec<JoinHandle<()>>,
+    store: Option<(StoreHandle, JoinHandle<()>)>,
 }
 
 /// Triggers a graceful drain of a running server; cheap to clone.
@@ -45,6 +49,8 @@ pub enum StartError {
     Config(ConfigError),
     /// Binding or polling failed.
     Io(io::Error),
+    /// The history store cannot be opened (or is corrupt).
+    Store(StoreError),
 }
 
 impl std::fmt::Display for StartError {
@@ -52,6 +58,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Config(e) => write!(f, "{e}"),
             StartError::Io(e) => write!(f, "{e}"),
+            StartError::Store(e) => write!(f, "{e}"),
         }
     }
 }
@@ -69,6 +76,26 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let cores = config.core_count();
+        // The store loads before anything listens: a corrupt store stops
+        // the start, and every room's history is in place for the first
+        // client.
+        let h = &config.history;
+        let opened = match h.durability {
+            Durability::Memory => None,
+            Durability::Sync | Durability::Async => {
+                let retention = Retention {
+                    size: h.size,
+                    ttl_ms: h.ttl.saturating_mul(1000),
+                };
+                let mut rng = fastrand::Rng::new();
+                let new_epoch = || format!("{:08x}", rng.u32(..)).into();
+                let path = std::path::Path::new(&h.path);
+                Some(
+                    Store::open(path, retention, h.durability, new_epoch)
+                        .map_err(StartError::Store)?,
+                )
+            }
+        };
         let requested = config.listen_addr();
         // The first bind resolves port 0; the other cores join its port.
         let first = listener::bind_reuseport(requested)?;
@@ -91,11 +118,25 @@ impl Server {
         }
         let bus = Bus::new(senders, wakers);
         let shared = Arc::new(Shared::new(config, cores));
+        let mut loaded: Vec<Vec<_>> = (0..cores).map(|_| Vec::new()).collect();
+        let store = match opened {
+            None => None,
+            Some((store, rooms)) => {
+                for room in rooms {
+                    loaded[home_core(&room.room, cores)].push(room);
+                }
+                Some(store.spawn(bus.clone(), shared.store_failed.clone())?)
+            }
+        };
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let pin = shared.config.pin && !cpus.is_empty();
         let mut threads = Vec::with_capacity(cores);
-        for (id, ((poll, listener), inbox)) in
-            polls.into_iter().zip(listeners).zip(inboxes).enumerate()
+        for (id, (((poll, listener), inbox), loaded)) in polls
+            .into_iter()
+            .zip(listeners)
+            .zip(inboxes)
+            .zip(loaded)
+            .enumerate()
         {
             let init = CoreInit {
                 id,
@@ -104,6 +145,8 @@ impl Server {
                 inbox,
                 bus: bus.clone(),
                 shared: shared.clone(),
+                store: store.as_ref().map(|(h, _)| h.clone()),
+                loaded,
             };
             let cpu = pin.then(|| cpus[id % cpus.len()]);
             let handle = std::thread::Builder::new()
@@ -127,6 +170,7 @@ impl Server {
             shared,
             bus,
             threads,
+            store,
         })
     }
 
@@ -158,11 +202,18 @@ impl Server {
         self.join();
     }
 
-    /// Waits for every core to exit (after a drain was triggered).
+    /// Waits for every core to exit (after a drain was triggered), then
+    /// for the store to write what is queued and close cleanly.
     pub fn join(self) {
         for t in self.threads {
             if t.join().is_err() {
                 warn!("a core thread panicked");
+            }
+        }
+        if let Some((handle, thread)) = self.store {
+            handle.send(StoreMsg::Shutdown);
+            if thread.join().is_err() {
+                warn!("the store thread panicked");
             }
         }
     }

@@ -20,8 +20,17 @@ struct Run {
 }
 
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    // The default store lands in ./data: keep it out of the source tree,
+    // one directory per run (a store is locked by the server holding it).
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cwd = std::env::temp_dir().join(format!("corecast-cli-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&cwd).unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.env_clear().env("NO_COLOR", "1").args(args);
+    cmd.env_clear()
+        .env("NO_COLOR", "1")
+        .current_dir(cwd)
+        .args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -261,6 +270,17 @@ fn help_lists_the_operator_flags_and_token() {
             r.stdout
         );
     }
+}
+
+#[test]
+fn embedded_defaults_keep_history_durably_in_data() {
+    let server = serve(&[], &[("CORECAST_LISTEN", "127.0.0.1:0")]);
+    let (status, _, body) = http_get(server.addr, "/health");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["store"], "ok", "a store is open by default: {v}");
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", server.child.id())).unwrap();
+    assert!(cwd.join("data").is_dir(), "./data created in {cwd:?}");
 }
 
 #[test]

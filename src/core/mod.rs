@@ -17,13 +17,15 @@ pub mod sockio;
 
 use crate::auth::{Authenticator, Identity, unix_now};
 use crate::bus::{Bus, BusMsg, ConnRef, Inbox, Outbox, ReplyTo, home_core};
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::history::{Entry, Retention};
+use crate::proto::ErrorCode;
 use crate::proto::close;
 use crate::proto::command::CommandParser;
 use crate::proto::event::{self, Event};
 use crate::proto::session::{Ctx, Output, Session, SessionConfig};
-use crate::rooms::{HomeRooms, LocalRooms, Member};
+use crate::rooms::{HomeRooms, LocalRooms, Member, Pending};
+use crate::store::{Append, LoadedRoom, StoreHandle, StoreMsg};
 use crate::timer::TimerWheel;
 use bytes::Bytes;
 use http::{Route, check_upgrade, error_response, json_response, switching_protocols};
@@ -33,7 +35,7 @@ use outq::OutQueue;
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -101,6 +103,8 @@ pub struct Shared {
     /// WebSocket connections on the whole server (checked against
     /// `max_connections` at upgrade).
     pub connections: AtomicUsize,
+    /// Set by the store thread when a write failed (`/health` reports it).
+    pub store_failed: Arc<AtomicBool>,
     started: Instant,
 }
 
@@ -134,6 +138,7 @@ impl Shared {
             echo_config,
             cores: (0..cores).map(|_| CoreStats::default()).collect(),
             connections: AtomicUsize::new(0),
+            store_failed: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
             config,
         }
@@ -278,6 +283,10 @@ pub struct CoreInit {
     pub bus: Bus,
     /// Shared state.
     pub shared: Arc<Shared>,
+    /// The durable store (absent in `memory` mode).
+    pub store: Option<StoreHandle>,
+    /// Rooms loaded from the store whose home is this core.
+    pub loaded: Vec<LoadedRoom>,
 }
 
 /// One core loop and everything it owns.
@@ -295,6 +304,8 @@ pub struct Core {
     inbox: Inbox,
     bus: Bus,
     outbox: Outbox,
+    /// The durable store, and whether acks wait for it (sync mode).
+    store: Option<(StoreHandle, bool)>,
     parser: CommandParser,
     outputs: Vec<Output>,
     expired: Vec<Timer>,
@@ -361,6 +372,10 @@ impl Core {
             inbox: init.inbox,
             bus: init.bus,
             outbox: Outbox::new(cores),
+            store: init.store.map(|h| {
+                let sync = init.shared.config.history.durability == Durability::Sync;
+                (h, sync)
+            }),
             parser: CommandParser::new(),
             outputs: Vec::new(),
             expired: Vec::new(),
@@ -385,6 +400,10 @@ impl Core {
             now_ms: now,
             unix_s: unix_now(),
         };
+        let unix_ms = core.unix_ms();
+        for room in init.loaded {
+            core.home.restore(room, now, unix_ms);
+        }
         core.wheel.insert(
             now + SWEEP_MS,
             Timer {
@@ -757,10 +776,16 @@ impl Core {
     }
 
     fn health_response(&self) -> Vec<u8> {
-        let ok = self.shared.all_cores_alive();
+        let store = match &self.store {
+            None => "none",
+            Some(_) if self.shared.store_failed.load(Ordering::Relaxed) => "failed",
+            Some(_) => "ok",
+        };
+        let ok = self.shared.all_cores_alive() && store != "failed";
         let body = Event::new("health")
             .str("status", if ok { "ok" } else { "unavailable" })
             .num("cores", self.shared.cores.len() as u64)
+            .str("store", store)
             .num(
                 "connections",
                 self.shared.connections.load(Ordering::Relaxed) as u64,
@@ -1429,38 +1454,9 @@ impl Core {
     fn handle_bus(&mut self, msg: BusMsg) {
         match msg {
             BusMsg::Deliver { room, frame } => self.deliver_local(&room, &frame),
-            BusMsg::Publish { room, reply, tail } => {
-                let ts = self.unix_ms();
-                let retention = self.home.retention;
-                let rng = &mut self.rng;
-                let r = self
-                    .home
-                    .sequence(&room, self.now_ms, || Self::new_epoch(rng));
-                let (seq, epoch) = (r.seq, r.epoch.clone());
-                let json = event::message(&room, seq, &epoch, ts, &tail);
-                let frame = outq::text_frame(json.as_bytes());
-                let entry = Entry {
-                    seq,
-                    ts,
-                    header_len: (frame.len() - json.len()) as u8,
-                    frame: frame.clone(),
-                };
-                r.history.push(entry, &retention, ts);
-                self.deliver_to_room(&room, frame);
-                if let Some(reply) = reply {
-                    let ack = Event::new("ack")
-                        .id(reply.id.as_ref())
-                        .str("room", &room)
-                        .num("seq", seq)
-                        .num("ts", ts)
-                        .finish();
-                    let msg = BusMsg::Reply {
-                        conn: reply.conn,
-                        frame: outq::text_frame(ack.as_bytes()),
-                    };
-                    self.route(reply.core, msg);
-                }
-            }
+            BusMsg::Publish { room, reply, tail } => self.publish(room, reply, tail),
+            BusMsg::Stored { room, upto } => self.stored(&room, upto),
+            BusMsg::StoreFailed { room } => self.store_failed(room),
             BusMsg::Reply { conn, frame } => {
                 if self.live(conn.key as usize, conn.generation) {
                     self.queue(conn.key as usize, frame);
@@ -1497,7 +1493,7 @@ impl Core {
                 if let Some(since) = since {
                     let r = self.home.get(&room).expect("joined room exists");
                     let recovered = *since.epoch == *o.epoch
-                        && match r.history.since(since.seq, o.seq) {
+                        && match r.history.since(since.seq, r.visible_seq()) {
                             Some(missed) => {
                                 replay.extend(missed.map(|e| e.frame.clone()));
                                 true
@@ -1573,6 +1569,122 @@ impl Core {
                 }
             }
             BusMsg::Shutdown => self.start_drain(),
+        }
+    }
+
+    /// Sequences a message at its home core. Without a sync store it is
+    /// recorded, delivered and acknowledged at once (and queued for the
+    /// store in async mode); in sync mode it waits in the room's pending
+    /// queue until the store reports it durable ([`Core::stored`]).
+    fn publish(&mut self, room: Arc<str>, reply: Option<ReplyTo>, tail: String) {
+        let ts = self.unix_ms();
+        let retention = self.home.retention;
+        let rng = &mut self.rng;
+        let r = self
+            .home
+            .sequence(&room, self.now_ms, || Self::new_epoch(rng));
+        let (seq, epoch) = (r.seq, r.epoch.clone());
+        let json = event::message(&room, seq, &epoch, ts, &tail);
+        let frame = outq::text_frame(json.as_bytes());
+        let header_len = (frame.len() - json.len()) as u8;
+        let entry = Entry {
+            seq,
+            ts,
+            header_len,
+            frame: frame.clone(),
+        };
+        let Some((store, sync)) = &self.store else {
+            r.history.push(entry, &retention, ts);
+            self.deliver_to_room(&room, frame);
+            self.send_ack(reply, &room, seq, ts);
+            return;
+        };
+        let sync = *sync;
+        let sent = store.send(StoreMsg::Append(Append {
+            home: self.id,
+            room: room.clone(),
+            epoch,
+            seq,
+            ts,
+            frame: frame.clone(),
+            header_len,
+            sync,
+        }));
+        if sync {
+            r.pending.push_back(Pending { entry, reply });
+            if !sent {
+                self.store_failed(room);
+            }
+        } else {
+            if !sent {
+                warn!(room = %room, "history store is gone: message kept in memory only");
+            }
+            r.history.push(entry, &retention, ts);
+            self.deliver_to_room(&room, frame);
+            self.send_ack(reply, &room, seq, ts);
+        }
+    }
+
+    fn send_ack(&mut self, reply: Option<ReplyTo>, room: &str, seq: u64, ts: u64) {
+        let Some(reply) = reply else { return };
+        let ack = Event::new("ack")
+            .id(reply.id.as_ref())
+            .str("room", room)
+            .num("seq", seq)
+            .num("ts", ts)
+            .finish();
+        let msg = BusMsg::Reply {
+            conn: reply.conn,
+            frame: outq::text_frame(ack.as_bytes()),
+        };
+        self.route(reply.core, msg);
+    }
+
+    /// The store made `room`'s messages up to `upto` durable: they enter
+    /// the history, go out to members and are acknowledged, in seq order.
+    fn stored(&mut self, room: &Arc<str>, upto: u64) {
+        let (retention, now) = (self.home.retention, self.unix_ms());
+        loop {
+            let Some(r) = self.home.get_mut(room) else {
+                return;
+            };
+            if r.pending.front().is_none_or(|p| p.entry.seq > upto) {
+                return;
+            }
+            let p = r.pending.pop_front().expect("checked");
+            let (seq, ts, frame) = (p.entry.seq, p.entry.ts, p.entry.frame.clone());
+            r.history.push(p.entry, &retention, now);
+            self.deliver_to_room(room, frame);
+            self.send_ack(p.reply, room, seq, ts);
+        }
+    }
+
+    /// Writing `room`'s messages failed: none of its pending messages was
+    /// delivered or acknowledged, so they fail with `internal` and their
+    /// seqs are given back; the store accepts the room again after the
+    /// reset.
+    fn store_failed(&mut self, room: Arc<str>) {
+        let Some(r) = self.home.get_mut(&room) else {
+            return;
+        };
+        let failed: Vec<Pending> = r.pending.drain(..).collect();
+        r.seq -= failed.len() as u64;
+        if let Some((store, _)) = &self.store {
+            store.send(StoreMsg::Reset { room: room.clone() });
+        }
+        warn!(room = %room, messages = failed.len(), "publish failed: history store write error");
+        for p in failed {
+            let Some(reply) = p.reply else { continue };
+            let err = event::error(
+                reply.id.as_ref(),
+                ErrorCode::Internal,
+                "message could not be stored; not delivered",
+            );
+            let msg = BusMsg::Reply {
+                conn: reply.conn,
+                frame: outq::text_frame(err.as_bytes()),
+            };
+            self.route(reply.core, msg);
         }
     }
 

@@ -160,6 +160,19 @@ impl Client {
         }
     }
 
+    /// The next text frame as JSON, `Ok(None)` at a close frame, `Err` once
+    /// the connection failed (e.g. after the server died).
+    pub fn try_recv(&mut self) -> Result<Option<Value>, String> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Ok(serde_json::from_str(&t).ok()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(_) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
     /// The next event, which must have type `ty`.
     pub fn recv_type(&mut self, ty: &str) -> Value {
         let v = self.recv();

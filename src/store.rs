@@ -1,0 +1,642 @@
+//! The durable history store: one thread that owns an embedded fjall
+//! database and writes every room message into it with group commit.
+//!
+//! Home cores send [`StoreMsg::Append`] over a crossbeam channel (one send
+//! per publish, no lock). The store thread takes everything queued, writes
+//! it as one batch, and (when any message in it asked for `sync`) makes the
+//! batch durable with one `fdatasync` before it tells the home cores, over
+//! the bus, which seqs are safe ([`BusMsg::Stored`]). While that fsync runs
+//! the next messages queue up, so one fsync covers every message that
+//! arrived during the previous one: throughput grows with load instead of
+//! being capped at one fsync per message.
+//!
+//! Layout (three fjall keyspaces):
+//! - `msgs`: `room 0x00 seq(u64 BE)` → `ts(u64 BE) ++ message event JSON`.
+//!   Room names never contain 0x00, so one room's keys are one range.
+//! - `rooms`: `room` → `len(epoch) u8 ++ epoch ++ last seq(u64 BE)`, so seq
+//!   and epoch survive even when retention has emptied the room.
+//! - `meta`: `state` → `clean` after an orderly stop, `run:sync` /
+//!   `run:async` while running. Starting after an unclean `run:async` gives
+//!   every room a new epoch: background writes may have lost acknowledged
+//!   messages, so old positions must not claim to recover.
+//!
+//! Retention is applied here too, in the background: the count bound with
+//! each append (a tombstone per message beyond `history.size`), the age
+//! bound in a periodic sweep. Loading at start keeps the same bounds, so
+//! recovery reaches back equally far before and after a restart.
+//!
+//! A failed write (disk full, I/O error) is never reported as stored: the
+//! rooms of that batch get [`BusMsg::StoreFailed`] (their publishers get
+//! `error internal` and the home core rolls the seq back) and the store
+//! ignores their further appends until the home core sends
+//! [`StoreMsg::Reset`]. fjall refuses every write after a failed fsync
+//! (it cannot know what reached the disk), so from then on sync publishes
+//! fail until a restart; `/health` reports the store as failed.
+//!
+//! This module must not touch connections or frames on the wire; it only
+//! stores and loads what the home cores give it.
+
+use crate::bus::{Bus, BusMsg};
+use crate::config::Durability;
+use crate::history::{Entry, Retention};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use fjall::{Database, Keyspace, PersistMode};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Most messages written in one batch (one fsync).
+const MAX_BATCH: usize = 8192;
+/// How often async mode fsyncs what it has written (bounds the loss on a
+/// power failure; a process crash loses only what was still queued).
+const ASYNC_SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// A message for the store thread.
+#[derive(Debug)]
+pub enum StoreMsg {
+    /// Store one sequenced message.
+    Append(Append),
+    /// The home core has failed the room's pending messages and rolled its
+    /// seq back: accept appends for it again, from what is on disk.
+    Reset {
+        /// Room.
+        room: Arc<str>,
+    },
+    /// Write everything queued, mark the store clean and exit.
+    Shutdown,
+}
+
+/// One sequenced message.
+#[derive(Debug)]
+pub struct Append {
+    /// Home core of the room (where [`BusMsg::Stored`] goes).
+    pub home: usize,
+    /// Room.
+    pub room: Arc<str>,
+    /// The room's epoch.
+    pub epoch: Arc<str>,
+    /// The message's seq.
+    pub seq: u64,
+    /// Its timestamp, Unix ms.
+    pub ts: u64,
+    /// The `message` event, framed.
+    pub frame: Bytes,
+    /// Length of the WebSocket header in `frame`.
+    pub header_len: u8,
+    /// The ack waits for this message to be durable.
+    pub sync: bool,
+}
+
+/// A room as loaded at start.
+#[derive(Debug)]
+pub struct LoadedRoom {
+    /// Room.
+    pub room: Arc<str>,
+    /// Its epoch.
+    pub epoch: Arc<str>,
+    /// Its last seq.
+    pub seq: u64,
+    /// Its retained messages, oldest first, contiguous, ending at `seq`
+    /// (or empty).
+    pub entries: Vec<Entry>,
+}
+
+/// Why the store could not be opened.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The cores' end of the store: a sender, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    tx: Sender<StoreMsg>,
+}
+
+impl StoreHandle {
+    /// Queues a message; `false` if the store thread is gone.
+    pub fn send(&self, msg: StoreMsg) -> bool {
+        self.tx.send(msg).is_ok()
+    }
+}
+
+/// An opened store, before its thread runs.
+pub struct Store {
+    db: Database,
+    msgs: Keyspace,
+    rooms: Keyspace,
+    meta: Keyspace,
+    retention: Retention,
+    durability: Durability,
+    state: HashMap<Arc<str>, RoomDisk>,
+}
+
+/// What the store knows of a room on disk.
+#[derive(Debug, Clone)]
+struct RoomDisk {
+    epoch: Arc<str>,
+    /// Oldest seq held (== last + 1 when none).
+    first: u64,
+    /// Last seq written.
+    last: u64,
+    /// Newest message's ts (for forgetting rooms that expired entirely).
+    last_ts: u64,
+}
+
+fn msg_key(room: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(room.len() + 9);
+    k.extend_from_slice(room.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn room_range(room: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = room.as_bytes().to_vec();
+    lo.push(0);
+    let mut hi = room.as_bytes().to_vec();
+    hi.push(1);
+    (lo, hi)
+}
+
+fn seq_of_key(k: &[u8]) -> Option<u64> {
+    let n = k.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(k[n..].try_into().ok()?))
+}
+
+fn room_meta(epoch: &str, last: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + epoch.len() + 8);
+    v.push(epoch.len() as u8);
+    v.extend_from_slice(epoch.as_bytes());
+    v.extend_from_slice(&last.to_be_bytes());
+    v
+}
+
+fn parse_room_meta(v: &[u8]) -> Option<(&str, u64)> {
+    let n = *v.first()? as usize;
+    if v.len() != 1 + n + 8 {
+        return None;
+    }
+    let epoch = std::str::from_utf8(&v[1..1 + n]).ok()?;
+    let last = u64::from_be_bytes(v[1 + n..].try_into().ok()?);
+    Some((epoch, last))
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> StoreError {
+    StoreError(format!(
+        "history store at {} is unreadable ({what}); refusing to start rather than drop \
+         history. Move the directory aside (or set history.durability = \"memory\") to start \
+         without it.",
+        path.display()
+    ))
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and loads every room's
+    /// retained window. `new_epoch` makes the epochs given to rooms after
+    /// an unclean async run.
+    pub fn open(
+        path: &Path,
+        retention: Retention,
+        durability: Durability,
+        mut new_epoch: impl FnMut() -> Arc<str>,
+    ) -> Result<(Store, Vec<LoadedRoom>), StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            StoreError(format!(
+                "cannot create history store directory {}: {e}",
+                path.display()
+            ))
+        })?;
+        let db = Database::builder(path)
+            .worker_threads(1)
+            .open()
+            .map_err(|e| corrupt(path, e))?;
+        let open_ks = |name: &str| {
+            db.keyspace(name, fjall::KeyspaceCreateOptions::default)
+                .map_err(|e| corrupt(path, e))
+        };
+        let (msgs, rooms, meta) = (open_ks("msgs")?, open_ks("rooms")?, open_ks("meta")?);
+        let previous = meta
+            .get("state")
+            .map_err(|e| corrupt(path, e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let bump = previous.as_deref() == Some("run:async");
+        if bump {
+            warn!(
+                "history store was not shut down cleanly after running in async mode: \
+                 every room gets a new epoch (clients reload instead of recovering)"
+            );
+        }
+        let now = now_unix_ms();
+        let cutoff = now.saturating_sub(retention.ttl_ms);
+        let mut loaded = Vec::new();
+        let mut state = HashMap::new();
+        let mut bumped = Vec::new();
+        let mut messages = 0usize;
+        for g in rooms.iter() {
+            let (k, v) = g.into_inner().map_err(|e| corrupt(path, e))?;
+            let room = std::str::from_utf8(&k)
+                .ok()
+                .filter(|r| crate::proto::valid_room(r))
+                .ok_or_else(|| corrupt(path, "bad room key"))?;
+            let (epoch, last) =
+                parse_room_meta(&v).ok_or_else(|| corrupt(path, format!("bad meta of {room}")))?;
+            let room: Arc<str> = room.into();
+            let mut epoch: Arc<str> = epoch.into();
+            // Newest first: the contiguous run ending at `last`, inside
+            // the count and age bounds.
+            let (lo, hi) = room_range(&room);
+            let mut entries = Vec::new();
+            let mut expect = last;
+            let mut last_ts = 0;
+            for g in msgs.range(lo..hi).rev() {
+                let (k, v) = g.into_inner().map_err(|e| corrupt(path, e))?;
+                let seq = seq_of_key(&k).ok_or_else(|| corrupt(path, "bad message key"))?;
+                if v.len() < 8 {
+                    return Err(corrupt(path, format!("short message {room}#{seq}")));
+                }
+                let ts = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                last_ts = last_ts.max(ts);
+                if seq != expect || entries.len() >= retention.size || ts < cutoff {
+                    break;
+                }
+                // fjall checksums every block; this only catches a record
+                // that was never one of ours.
+                let json = &v[8..];
+                if json.first() != Some(&b'{')
+                    || json.last() != Some(&b'}')
+                    || std::str::from_utf8(json).is_err()
+                {
+                    return Err(corrupt(path, format!("bad message {room}#{seq}")));
+                }
+                let frame = crate::core::outq::text_frame(json);
+                entries.push(Entry {
+                    seq,
+                    ts,
+                    header_len: (frame.len() - json.len()) as u8,
+                    frame,
+                });
+                expect = seq.saturating_sub(1);
+            }
+            entries.reverse();
+            messages += entries.len();
+            if bump {
+                epoch = new_epoch();
+                bumped.push((room.clone(), room_meta(&epoch, last)));
+            }
+            let first = entries.first().map_or(last + 1, |e| e.seq);
+            state.insert(
+                room.clone(),
+                RoomDisk {
+                    epoch: epoch.clone(),
+                    first,
+                    last,
+                    last_ts,
+                },
+            );
+            loaded.push(LoadedRoom {
+                room,
+                epoch,
+                seq: last,
+                entries,
+            });
+        }
+        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+        for (room, v) in bumped {
+            b.insert(&rooms, room.as_bytes(), v);
+        }
+        let running = match durability {
+            Durability::Async => "run:async",
+            _ => "run:sync",
+        };
+        b.insert(&meta, "state", running);
+        b.commit()
+            .map_err(|e| StoreError(format!("cannot write to history store: {e}")))?;
+        info!(
+            path = %path.display(),
+            rooms = loaded.len(),
+            messages,
+            clean = previous.as_deref() != Some("run:sync") && !bump,
+            "history store opened"
+        );
+        Ok((
+            Store {
+                db,
+                msgs,
+                rooms,
+                meta,
+                retention,
+                durability,
+                state,
+            },
+            loaded,
+        ))
+    }
+
+    /// Starts the store thread; home cores hear back over `bus`.
+    /// `failed` is set when a write fails.
+    pub fn spawn(
+        self,
+        bus: Bus,
+        failed: Arc<AtomicBool>,
+    ) -> std::io::Result<(StoreHandle, JoinHandle<()>)> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = StoreHandle { tx };
+        let thread = std::thread::Builder::new()
+            .name("corecast-store".into())
+            .spawn(move || self.run(rx, bus, failed))?;
+        Ok((handle, thread))
+    }
+
+    fn run(mut self, rx: Receiver<StoreMsg>, bus: Bus, failed_flag: Arc<AtomicBool>) {
+        let sweep_every = Duration::from_millis((self.retention.ttl_ms / 4).clamp(1000, 60_000));
+        let mut next_sweep = Instant::now() + sweep_every;
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        let mut failed_rooms: HashSet<Arc<str>> = HashSet::new();
+        let mut batch = Vec::with_capacity(1024);
+        loop {
+            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            let timeout = if unsynced {
+                timeout.min(ASYNC_SYNC_EVERY.saturating_sub(last_sync.elapsed()))
+            } else {
+                timeout
+            };
+            let mut shutdown = false;
+            match rx.recv_timeout(timeout) {
+                Ok(StoreMsg::Shutdown) => shutdown = true,
+                Ok(m) => batch.push(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => shutdown = true,
+            }
+            while !shutdown && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(StoreMsg::Shutdown) => shutdown = true,
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                let wrote = self.write_batch(&mut batch, &bus, &mut failed_rooms, &failed_flag);
+                unsynced |= wrote;
+            }
+            if unsynced && (last_sync.elapsed() >= ASYNC_SYNC_EVERY || shutdown) {
+                if let Err(e) = self.db.persist(PersistMode::SyncData) {
+                    error!(error = %e, "history store fsync failed");
+                    failed_flag.store(true, Ordering::Relaxed);
+                }
+                unsynced = false;
+                last_sync = Instant::now();
+            }
+            if Instant::now() >= next_sweep {
+                self.sweep_ttl(&failed_flag);
+                next_sweep = Instant::now() + sweep_every;
+            }
+            if shutdown {
+                // Anything still queued (cores are gone by now) is written
+                // before the store is marked clean.
+                while let Ok(m) = rx.try_recv() {
+                    batch.push(m);
+                }
+                if !batch.is_empty() {
+                    self.write_batch(&mut batch, &bus, &mut failed_rooms, &failed_flag);
+                }
+                let mut b = self.db.batch().durability(Some(PersistMode::SyncAll));
+                b.insert(&self.meta, "state", "clean");
+                match b.commit() {
+                    Ok(()) => info!("history store closed cleanly"),
+                    Err(e) => error!(error = %e, "history store: could not mark clean"),
+                }
+                return;
+            }
+        }
+    }
+
+    /// Loads what the disk says of `room` (after a reset or for a room
+    /// first seen since start).
+    fn disk_state(&self, room: &str) -> Option<RoomDisk> {
+        let meta = self.rooms.get(room).ok()??;
+        let (epoch, last) = parse_room_meta(&meta)?;
+        let (lo, hi) = room_range(room);
+        let first = self
+            .msgs
+            .range(lo..hi)
+            .next()
+            .and_then(|g| g.key().ok())
+            .and_then(|k| seq_of_key(&k))
+            .unwrap_or(last + 1);
+        Some(RoomDisk {
+            epoch: epoch.into(),
+            first,
+            last,
+            last_ts: now_unix_ms(),
+        })
+    }
+
+    /// Writes one batch; returns whether it was written without fsync
+    /// (async only).
+    fn write_batch(
+        &mut self,
+        batch: &mut Vec<StoreMsg>,
+        bus: &Bus,
+        failed_rooms: &mut HashSet<Arc<str>>,
+        failed_flag: &AtomicBool,
+    ) -> bool {
+        let mut b = self.db.batch();
+        let mut dirty: HashSet<Arc<str>> = HashSet::new();
+        // Per home core: rooms and the highest seq that needs a confirmation.
+        let mut confirm: HashMap<usize, HashMap<Arc<str>, u64>> = HashMap::new();
+        let mut any_sync = false;
+        let mut any = false;
+        for msg in batch.drain(..) {
+            let a = match msg {
+                StoreMsg::Append(a) => a,
+                StoreMsg::Reset { room } => {
+                    failed_rooms.remove(&room);
+                    self.state.remove(&room);
+                    continue;
+                }
+                StoreMsg::Shutdown => continue,
+            };
+            if failed_rooms.contains(&a.room) {
+                continue;
+            }
+            if !self.state.contains_key(&a.room) {
+                let disk = self.disk_state(&a.room);
+                self.state.insert(
+                    a.room.clone(),
+                    disk.unwrap_or(RoomDisk {
+                        epoch: a.epoch.clone(),
+                        first: a.seq,
+                        last: a.seq.saturating_sub(1),
+                        last_ts: a.ts,
+                    }),
+                );
+            }
+            let st = self.state.get_mut(&a.room).expect("inserted above");
+            if *st.epoch != *a.epoch || a.seq <= st.last {
+                // The room was forgotten and came back under a new epoch:
+                // its old messages no longer belong to any position.
+                for seq in st.first..=st.last {
+                    b.remove(&self.msgs, msg_key(&a.room, seq));
+                }
+                *st = RoomDisk {
+                    epoch: a.epoch.clone(),
+                    first: a.seq,
+                    last: a.seq.saturating_sub(1),
+                    last_ts: a.ts,
+                };
+            }
+            let json = &a.frame[a.header_len as usize..];
+            let mut v = Vec::with_capacity(8 + json.len());
+            v.extend_from_slice(&a.ts.to_be_bytes());
+            v.extend_from_slice(json);
+            b.insert(&self.msgs, msg_key(&a.room, a.seq), v);
+            if st.first > st.last {
+                st.first = a.seq;
+            }
+            st.last = a.seq;
+            st.last_ts = a.ts;
+            while st.last - st.first + 1 > self.retention.size as u64 {
+                b.remove(&self.msgs, msg_key(&a.room, st.first));
+                st.first += 1;
+            }
+            dirty.insert(a.room.clone());
+            any = true;
+            if a.sync {
+                any_sync = true;
+                let e = confirm.entry(a.home).or_default();
+                let upto = e.entry(a.room).or_insert(0);
+                *upto = (*upto).max(a.seq);
+            }
+        }
+        if !any {
+            return false;
+        }
+        for room in &dirty {
+            let st = &self.state[room];
+            b.insert(&self.rooms, room.as_bytes(), room_meta(&st.epoch, st.last));
+        }
+        let mode = match (any_sync, self.durability) {
+            (true, _) => PersistMode::SyncData,
+            _ => PersistMode::Buffer,
+        };
+        match b.durability(Some(mode)).commit() {
+            Ok(()) => {
+                for (home, rooms) in confirm {
+                    let msgs = rooms
+                        .into_iter()
+                        .map(|(room, upto)| BusMsg::Stored { room, upto })
+                        .collect();
+                    bus.send(home, msgs);
+                }
+                !any_sync
+            }
+            Err(e) => {
+                error!(error = %e, rooms = dirty.len(), "history store write failed");
+                failed_flag.store(true, Ordering::Relaxed);
+                for room in &dirty {
+                    self.state.remove(room);
+                }
+                for (home, rooms) in confirm {
+                    let mut msgs = Vec::with_capacity(rooms.len());
+                    for (room, _) in rooms {
+                        failed_rooms.insert(room.clone());
+                        msgs.push(BusMsg::StoreFailed { room });
+                    }
+                    bus.send(home, msgs);
+                }
+                false
+            }
+        }
+    }
+
+    /// Deletes messages older than the age bound, and forgets rooms whose
+    /// newest message expired (their seq and epoch go with them, as a
+    /// room forgotten in memory starts a new epoch).
+    fn sweep_ttl(&mut self, failed_flag: &AtomicBool) {
+        let cutoff = now_unix_ms().saturating_sub(self.retention.ttl_ms);
+        let mut b = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut forget = Vec::new();
+        let mut deleted = 0usize;
+        for (room, st) in self.state.iter_mut() {
+            let (lo, hi) = room_range(room);
+            for g in self.msgs.range(lo..hi) {
+                let Ok((k, v)) = g.into_inner() else { break };
+                let ts = v
+                    .get(..8)
+                    .map_or(0, |t| u64::from_be_bytes(t.try_into().expect("8 bytes")));
+                if ts >= cutoff {
+                    break;
+                }
+                if let Some(seq) = seq_of_key(&k) {
+                    st.first = st.first.max(seq + 1);
+                }
+                b.remove(&self.msgs, k);
+                deleted += 1;
+            }
+            if st.last_ts < cutoff && st.first > st.last {
+                forget.push(room.clone());
+            }
+        }
+        for room in &forget {
+            b.remove(&self.rooms, room.as_bytes());
+            self.state.remove(room);
+        }
+        if deleted == 0 && forget.is_empty() {
+            return;
+        }
+        match b.commit() {
+            Ok(()) => info!(
+                deleted,
+                forgotten = forget.len(),
+                "history store: age sweep"
+            ),
+            Err(e) => {
+                error!(error = %e, "history store: age sweep failed");
+                failed_flag.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_order_by_room_then_seq() {
+        let a1 = msg_key("a", 1);
+        let a2 = msg_key("a", 256);
+        let ab = msg_key("a-b", 0);
+        let (lo, hi) = room_range("a");
+        assert!(lo <= a1 && a1 < a2 && a2 < hi);
+        assert!(!(lo <= ab && ab < hi), "another room is outside the range");
+        assert_eq!(seq_of_key(&a2), Some(256));
+    }
+
+    #[test]
+    fn room_meta_round_trips() {
+        let v = room_meta("0badc0de", 42);
+        assert_eq!(parse_room_meta(&v), Some(("0badc0de", 42)));
+        assert_eq!(parse_room_meta(&v[..v.len() - 1]), None);
+    }
+}
