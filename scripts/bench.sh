@@ -68,7 +68,10 @@ start_server() {
     local log="$RAW/server-$name.log"
     case "$name" in
         corecast)
-            env "$@" CORECAST_LISTEN="127.0.0.1:$PORT" CORECAST_ECHO=true CORECAST_LOG=warn \
+            # Engine comparisons run with history in memory (the variants
+            # keep none); the durability cases pass their own mode.
+            env CORECAST_HISTORY__DURABILITY=memory "$@" \
+                CORECAST_LISTEN="127.0.0.1:$PORT" CORECAST_ECHO=true CORECAST_LOG=warn \
                 CORECAST_LIMITS__RATE_PER_SEC=1000000000 CORECAST_LIMITS__RATE_BURST=1000000000 \
                 CORECAST_LIMITS__MAX_ROOMS=1000 \
                 taskset -c "$SERVER_CPUS" target/release/corecast --cores "$SERVER_CORES" 2>"$log" &
@@ -94,11 +97,12 @@ run() {
     while [ "$1" != "--" ]; do senv+=("$1"); shift; done
     shift
     start_server "$server" "${senv[@]}"
-    local out="$RAW/$case.$server.$rep.json"
+    local label=${LABEL:-$server}
+    local out="$RAW/$case.$label.$rep.json"
     taskset -c "$GEN_CPUS" "$LOAD" "$@" --addr "127.0.0.1:$PORT" --threads "$GEN_THREADS" \
         --server-pid "$SPID" --json --quiet >"$out" || true
     stop_server
-    python3 - "$out" "$case" "$server" "$rep" <<'EOF'
+    python3 - "$out" "$case" "$label" "$rep" <<'EOF'
 import json, sys
 p, case, server, rep = sys.argv[1:]
 try:
@@ -109,6 +113,8 @@ cpu = r.get("server_cpu") or {}
 mem = r.get("memory") or {}
 lat = r.get("latency_us") or {}
 extra = f"  rss/conn {mem['rss_per_conn_kib']:.2f} KiB" if mem else ""
+ack = (r.get("ack_latency_us") or {}).get("p99")
+extra += f"  ack p99 {ack} us" if ack else ""
 print(f"   {case:<20} {server:<9} #{rep}: {r['ops_per_s']:>11.0f} ops/s  p99 {lat.get('p99')} us"
       f"  cpu/op {cpu.get('total_us_per_op', 0):.3f} us  missing {r['missing']}  ooo {r['out_of_order']}"
       f"  errors {r['errors']}{extra}")
@@ -153,6 +159,29 @@ EOF
 fi
 case_all connect connect --conns 50 "${D[@]}"
 case_all idle-15000 idle --conns 15000 --duration 15 --warmup 0
+
+# History and durability (corecast only): publish throughput and
+# publish→ack latency per mode, and recovery of 1000 missed messages.
+# Durable modes write into a fresh directory under target/bench per run.
+case_modes() {
+    local name=$1 modes=$2; shift 2
+    if [ -n "${CASES:-}" ] && [[ " $CASES " != *" $name "* ]]; then return; fi
+    echo "== $name: corecast-load $* (history modes: $modes)"
+    echo "$*" >"$RAW/$name.args"
+    for rep in $(seq "$REPS"); do
+        for mode in $modes; do
+            local dir="$RAW/data-$name-$mode-$rep"
+            LABEL="corecast-$mode" run "$name" corecast "$rep" \
+                CORECAST_HISTORY__DURABILITY="$mode" CORECAST_HISTORY__PATH="$dir" -- "$@"
+            rm -rf "$dir"
+        done
+    done
+}
+case_modes publish-flat "memory async sync" fanout --rooms 100 --members 0 --publishers 100 \
+    --inflight 8 --size 100 "${D[@]}"
+case_modes publish-2k "memory async sync" fanout --rooms 100 --members 0 --publishers 100 \
+    --rate 2000 --size 100 "${D[@]}"
+case_modes recovery-1000 "memory sync" recovery --missed 1000 --size 100 "${D[@]}"
 
 echo "== writing $OUT"
 python3 scripts/bench_report.py "$RAW" "$OUT" "$SERVERS" \

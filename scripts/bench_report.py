@@ -63,6 +63,9 @@ def summary(case, server):
         "p50": metric(runs, lambda r: r["latency_us"]["p50"]),
         "p99": metric(runs, lambda r: r["latency_us"]["p99"]),
         "p999": metric(runs, lambda r: r["latency_us"]["p999"]),
+        "ack50": metric(runs, lambda r: r["ack_latency_us"]["p50"]),
+        "ack99": metric(runs, lambda r: r["ack_latency_us"]["p99"]),
+        "ack999": metric(runs, lambda r: r["ack_latency_us"]["p999"]),
         "max": metric(runs, lambda r: r["latency_us"]["max"]),
         "user": cpu("user_us_per_op"),
         "sys": cpu("sys_us_per_op"),
@@ -177,6 +180,53 @@ for case, title, unit in CASES:
               f"total CPU per op ×{fmt(ratio(base['total'], o['total']), 2)}, "
               f"p99 ×{fmt(ratio(base['p99'], o['p99']), 2)}")
     w("")
+
+# History and durability (issue 4): corecast alone, per history mode.
+MODE_CASES = [
+    ("publish-flat", "publish flat out: 100 rooms, 100 publishers × 8 in flight, 100 B, no other members", ["memory", "async", "sync"]),
+    ("publish-2k", "publish at 2000/s in total: 100 rooms, 100 publishers, 100 B", ["memory", "async", "sync"]),
+]
+mode_results = {}
+for case, title, modes in MODE_CASES + [("recovery-1000", "", ["memory", "sync"])]:
+    mode_results[case] = {m: summary(case, f"corecast-{m}") for m in modes}
+if any(v for c in mode_results.values() for v in c.values()):
+    w("## History modes: publish→ack and recovery (corecast)")
+    w("")
+    w("What an `ack` costs in each `history.durability` mode (README, \"History and what an ack "
+      "promises\"). `sync` acks after the batch's fsync (group commit); `async` and `memory` "
+      "ack at once. Durable modes write into a fresh store per run on this machine's disk.")
+    w("")
+    w("```")
+    for case in ["publish-flat", "publish-2k", "recovery-1000"]:
+        p = f"{raw}/{case}.args"
+        if os.path.exists(p):
+            w(f"{case:<20} corecast-load {open(p).read().strip()}")
+    w("```")
+    w("")
+    for case, title, modes in MODE_CASES:
+        if not any(mode_results[case].values()):
+            continue
+        w(f"### {case}: {title}")
+        w("")
+        w("| mode | published/s | ack p50 µs | ack p99 µs | ack p99.9 µs | server µs per publish (user+sys) | server cores busy | errors |")
+        w("|---|---|---|---|---|---|---|---|")
+        for m in modes:
+            r = mode_results[case][m]
+            if r:
+                w(f"| {m} | {fmt(r['pub'])} | {fmt(r['ack50'])} | {fmt(r['ack99'])} | {fmt(r['ack999'])} | "
+                  f"{fmt(r['user'], 2)}+{fmt(r['sys'], 2)} | {fmt(r['busy'], 2)} | {r['errors']} |")
+        w("")
+    rec = mode_results["recovery-1000"]
+    if any(rec.values()):
+        w("### recovery-1000: rejoin with `since` after 1000 missed messages, time from the `join` to its `ack` (after the replay)")
+        w("")
+        w("| mode | rounds measured | p50 µs | p99 µs | max µs | errors |")
+        w("|---|---|---|---|---|---|")
+        for m, r in rec.items():
+            if r:
+                rounds = sum(run.get("ops", 0) for run in r["runs"])
+                w(f"| {m} | {rounds} | {fmt(r['p50'])} | {fmt(r['p99'])} | {fmt(r['max'])} | {r['errors']} |")
+        w("")
 
 # Targets of issue 3.
 w("## Targets")

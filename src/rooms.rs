@@ -242,7 +242,6 @@ impl HomeRooms {
 
     /// Unregisters a member connection of `user` on `core`. Returns the
     /// user's name when this was their last connection (`left` is due).
-    /// A room left with no members and no messages is dropped at once.
     pub fn leave(
         &mut self,
         room: &str,
@@ -260,9 +259,9 @@ impl HomeRooms {
         } else {
             None
         };
-        if r.idle() && r.holds_nothing() {
-            self.rooms.remove(room);
-        }
+        // An empty room keeps its epoch until the idle sweep: a member who
+        // left (or dropped) and comes back with `since` still recovers
+        // what was published after it.
         left
     }
 
@@ -419,22 +418,20 @@ mod tests {
     }
 
     #[test]
-    fn empty_room_without_messages_is_dropped_at_once() {
+    fn empty_room_keeps_its_epoch_until_the_idle_sweep() {
         let mut h = HomeRooms::new(1, 1000, RET);
         let r: Arc<str> = "a".into();
         let u: Arc<str> = "u".into();
-        h.join(
-            &r,
-            Member {
-                core: 0,
-                user: &u,
-                name: None,
-            },
-            false,
-            0,
-            epoch,
-        );
+        let m = Member {
+            core: 0,
+            user: &u,
+            name: None,
+        };
+        h.join(&r, m, false, 0, epoch);
         h.leave("a", 0, "u", 0);
+        assert_eq!(h.sweep(999, 0), 0, "kept while not idle long enough");
+        assert_eq!(h.get("a").unwrap().epoch.as_ref(), "e1");
+        assert_eq!(h.sweep(1000, 0), 1);
         assert!(h.is_empty());
     }
 }

@@ -12,6 +12,7 @@
 //! `/proc/PID/stat`) is reported per operation when `--server-pid` is given:
 //! the figure that carries over to bigger machines.
 
+mod recovery;
 mod report;
 mod worker;
 
@@ -36,6 +37,8 @@ pub enum Scenario {
     Connect,
     /// Hold N idle connections: server memory per connection.
     Idle,
+    /// Rejoin with `since` after --missed messages: time until the ack.
+    Recovery,
 }
 
 /// Load generator for corecast.
@@ -78,6 +81,9 @@ struct Args {
     /// Publishers in total (fan-out); each also joins its room.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// Messages missed per round (recovery).
+    #[arg(long, default_value_t = 1000)]
+    missed: usize,
     /// Total publish rate per second (fan-out); 0 = flat out.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -108,7 +114,22 @@ fn main() {
         eprintln!("corecast-load: {e}");
         std::process::exit(2);
     }
-    let outcome = if args.procs > 1 && args.shard.is_none() {
+    let outcome = if args.scenario == Scenario::Recovery {
+        let Some(addr) = args.addr.to_socket_addrs().ok().and_then(|mut i| i.next()) else {
+            eprintln!("corecast-load: cannot resolve {}", args.addr);
+            std::process::exit(2);
+        };
+        recovery::run(&recovery::Params {
+            addr,
+            host: args.addr.clone(),
+            missed: args.missed,
+            size: args.size,
+            warmup: Duration::from_secs_f64(args.warmup),
+            duration: Duration::from_secs_f64(args.duration),
+            server_pid: args.server_pid,
+            quiet: args.quiet,
+        })
+    } else if args.procs > 1 && args.shard.is_none() {
         run_procs(&args)
     } else {
         run_local(&args)
@@ -157,6 +178,7 @@ fn args_json(a: &Args) -> serde_json::Value {
         "duration": a.duration, "warmup": a.warmup, "conns": a.conns,
         "size": a.size, "inflight": a.inflight, "rooms": a.rooms,
         "members": a.members, "publishers": a.publishers, "rate": a.rate,
+        "missed": a.missed,
     })
 }
 

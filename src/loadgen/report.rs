@@ -81,6 +81,8 @@ pub struct Outcome {
     pub server_cpu: Option<CpuSample>,
     /// Latencies, µs.
     pub hist: Option<Histogram<u64>>,
+    /// Fan-out: publish→ack latencies, µs.
+    pub ack_hist: Option<Histogram<u64>>,
     /// Fan-out: messages missing (gaps and tail).
     pub missing: u64,
     /// Fan-out: messages out of order.
@@ -99,6 +101,12 @@ pub struct Outcome {
     pub idle_mem: Option<(MemSample, MemSample)>,
     /// First error text.
     pub first_error: Option<String>,
+}
+
+fn pct(h: &Option<Histogram<u64>>, q: f64) -> Option<u64> {
+    h.as_ref()
+        .filter(|h| !h.is_empty())
+        .map(|h| h.value_at_quantile(q))
 }
 
 fn hist_to_hex(h: &Histogram<u64>) -> String {
@@ -144,6 +152,7 @@ impl Outcome {
         let mut o = Outcome::default();
         for r in results {
             add_hist(&mut o.hist, r.hist);
+            add_hist(&mut o.ack_hist, r.ack_hist);
             o.missing += r.missing;
             o.out_of_order += r.out_of_order;
             o.setup_failures += r.setup_failures;
@@ -164,6 +173,7 @@ impl Outcome {
             o.ops += s.ops;
             o.published += s.published;
             add_hist(&mut o.hist, s.hist);
+            add_hist(&mut o.ack_hist, s.ack_hist);
             o.missing += s.missing;
             o.out_of_order += s.out_of_order;
             add_rooms(&mut o.rooms, &s.rooms);
@@ -206,10 +216,7 @@ impl Outcome {
     }
 
     fn pct(&self, q: f64) -> Option<u64> {
-        self.hist
-            .as_ref()
-            .filter(|h| !h.is_empty())
-            .map(|h| h.value_at_quantile(q))
+        pct(&self.hist, q)
     }
 
     /// JSON form (also how shards report to the parent).
@@ -247,6 +254,13 @@ impl Outcome {
                 "count": self.hist.as_ref().map(|h| h.len()).unwrap_or(0),
             },
             "hist_hex": self.hist.as_ref().map(hist_to_hex),
+            "ack_latency_us": {
+                "p50": pct(&self.ack_hist, 0.5), "p99": pct(&self.ack_hist, 0.99),
+                "p999": pct(&self.ack_hist, 0.999),
+                "max": self.ack_hist.as_ref().filter(|h| !h.is_empty()).map(|h| h.max()),
+                "count": self.ack_hist.as_ref().map(|h| h.len()).unwrap_or(0),
+            },
+            "ack_hist_hex": self.ack_hist.as_ref().map(hist_to_hex),
             "server_cpu": cpu,
             "memory": mem,
             "missing": self.total_missing(),
@@ -270,6 +284,7 @@ impl Outcome {
             ops: u("ops"),
             published: u("published"),
             hist: v["hist_hex"].as_str().and_then(hist_from_hex),
+            ack_hist: v["ack_hist_hex"].as_str().and_then(hist_from_hex),
             missing: u("gaps"),
             out_of_order: u("out_of_order"),
             rooms: serde_json::from_value(v["rooms"].clone()).unwrap_or_default(),
@@ -294,6 +309,7 @@ impl Outcome {
             "echo" => ("echoes", "echo"),
             "fanout" => ("deliveries", "delivery"),
             "connect" => ("handshakes", "handshake"),
+            "recovery" => ("recoveries", "recovery"),
             _ => ("ops", "op"),
         };
         line(
@@ -327,6 +343,17 @@ impl Outcome {
                     self.pct(0.99).unwrap_or(0),
                     self.pct(0.999).unwrap_or(0),
                     j["latency_us"]["max"]
+                ),
+            );
+        }
+        if let Some(p50) = pct(&self.ack_hist, 0.5) {
+            line(
+                "ack latency",
+                format!(
+                    "p50 {} µs  p99 {} µs  p99.9 {} µs  (publish→ack)",
+                    p50,
+                    pct(&self.ack_hist, 0.99).unwrap_or(0),
+                    pct(&self.ack_hist, 0.999).unwrap_or(0),
                 ),
             );
         }

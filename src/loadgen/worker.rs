@@ -66,6 +66,8 @@ impl Shared {
 pub struct WorkerResult {
     /// Latency histogram (µs), recorded inside the window.
     pub hist: Option<Histogram<u64>>,
+    /// Fan-out: publish→ack latency (µs), recorded inside the window.
+    pub ack_hist: Option<Histogram<u64>>,
     /// Fan-out: seq gaps seen (messages skipped).
     pub missing: u64,
     /// Fan-out: seq going backwards or repeating.
@@ -184,6 +186,8 @@ struct Finders {
     seq: Finder<'static>,
     /// `"t":` of the payload, near the end of a message: searched backwards.
     t: FinderRev<'static>,
+    /// `"id":` of an ack (a publish's id is its send time, µs).
+    id: Finder<'static>,
 }
 
 /// Whether the event `b` has `"type":"<ty>"` as its first field (both
@@ -238,6 +242,7 @@ struct Worker {
     conns: Slab<Conn>,
     dirty: Vec<usize>,
     hist: Histogram<u64>,
+    ack_hist: Histogram<u64>,
     result: WorkerResult,
     f: Finders,
     cfg: WebSocketConfig,
@@ -263,10 +268,12 @@ impl Worker {
             conns: Slab::new(),
             dirty: Vec::new(),
             hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+            ack_hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
             result: WorkerResult::default(),
             f: Finders {
                 seq: Finder::new(b"\"seq\":").into_owned(),
                 t: FinderRev::new(b"\"t\":").into_owned(),
+                id: Finder::new(b"\"id\":").into_owned(),
             },
             cfg: client_config(scenario),
             dialed: 0,
@@ -340,7 +347,8 @@ impl Worker {
                     self.open_conn(Role2::Publisher { room }, "/ws");
                 }
             }
-            Scenario::Connect => {} // dialers start at GO
+            // Dialers start at GO; recovery runs in its own module.
+            Scenario::Connect | Scenario::Recovery => {}
         }
     }
 
@@ -408,7 +416,7 @@ impl Worker {
             Scenario::Fanout => {
                 self.plan.members.iter().map(|(_, n)| n).sum::<usize>() + self.plan.publishers.len()
             }
-            Scenario::Connect => 0,
+            Scenario::Connect | Scenario::Recovery => 0,
         }
     }
 
@@ -438,6 +446,10 @@ impl Worker {
         self.result.rooms = rooms;
         self.result.hist = Some(std::mem::replace(
             &mut self.hist,
+            Histogram::new(3).expect("histogram"),
+        ));
+        self.result.ack_hist = Some(std::mem::replace(
+            &mut self.ack_hist,
             Histogram::new(3).expect("histogram"),
         ));
         let _ = self.id;
@@ -476,14 +488,18 @@ impl Worker {
     /// Rate mode: sends what each publisher owes by now.
     fn pace(&mut self) {
         let Some(started) = self.started else { return };
-        let due = (started.elapsed().as_secs_f64() * self.plan.rate_per_publisher) as u64;
+        let ticks = started.elapsed().as_secs_f64() * self.plan.rate_per_publisher;
         let keys: Vec<usize> = self
             .conns
             .iter()
             .filter(|(_, c)| matches!(c.role, Role2::Publisher { .. }))
             .map(|(k, _)| k)
             .collect();
-        for k in keys {
+        // Publishers are phase-shifted evenly over one period, so the total
+        // rate is smooth instead of a burst of every publisher at once.
+        let n = keys.len().max(1) as f64;
+        for (i, k) in keys.into_iter().enumerate() {
+            let due = (ticks + i as f64 / n) as u64;
             while self.conns.get(k).is_some_and(|c| c.sent < due) {
                 self.publish(k);
             }
@@ -829,6 +845,13 @@ impl Worker {
                             .unwrap_or(0);
                     } else if matches!(role, Role2::Publisher { .. }) {
                         c.inflight = c.inflight.saturating_sub(1);
+                        if let Some(i) = self.f.id.find(b)
+                            && self.shared.measuring.load(Ordering::Relaxed)
+                        {
+                            let sent = parse_num(&b[i + 5..]);
+                            let lat = self.now_cache.saturating_sub(sent).max(1);
+                            let _ = self.ack_hist.record(lat.min(60_000_000));
+                        }
                         let seq = self
                             .f
                             .seq
@@ -894,11 +917,11 @@ impl Worker {
         let c = &mut self.conns[key];
         c.inflight += 1;
         c.sent += 1;
-        let n = c.sent;
         self.shared.unacked.fetch_add(1, Ordering::SeqCst);
+        // The id is the send time: the ack carries it back (publish→ack).
+        let now = now_us();
         let msg = format!(
-            "{{\"type\":\"publish\",\"id\":{n},\"room\":\"bench-{room}\",\"data\":{{\"t\":{},\"pad\":\"{}\"}}}}",
-            now_us(),
+            "{{\"type\":\"publish\",\"id\":{now},\"room\":\"bench-{room}\",\"data\":{{\"t\":{now},\"pad\":\"{}\"}}}}",
             self.payload_pad
         );
         self.send(key, msg);
