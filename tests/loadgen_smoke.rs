@@ -141,3 +141,25 @@ fn idle_connections_are_held_and_memory_reported() {
     let mem = &v["memory"];
     assert!(mem["rss_after_kib"].as_u64().unwrap() > 0, "{v:#}");
 }
+
+#[test]
+fn fanout_reports_publish_to_ack_latency() {
+    let s = unlimited();
+    let v = load(
+        &s,
+        &["fanout", "--rooms", "2", "--members", "0", "--publishers", "2", "--inflight", "2"],
+    );
+    let acks = v["ack_latency_us"]["count"].as_u64().unwrap();
+    assert!(acks > 0, "{v:#}");
+    assert!(acks <= v["published"].as_u64().unwrap(), "{v:#}");
+}
+
+#[test]
+fn recovery_replays_every_missed_message() {
+    let s = unlimited();
+    // The scenario itself checks each replay (exact seqs, recovered: true)
+    // and counts any mismatch as an error, which `load` rejects.
+    let v = load(&s, &["recovery", "--missed", "200", "--size", "50"]);
+    assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(v["latency_us"]["p50"].as_u64().unwrap() > 0, "{v:#}");
+}
