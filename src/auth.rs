@@ -38,6 +38,16 @@ impl Patterns {
     }
 }
 
+/// Whether `p` is a room pattern: a room name, a room-name prefix ending
+/// in `*`, or `*` alone.
+pub fn valid_pattern(p: &str) -> bool {
+    match p.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) => crate::proto::valid_room(prefix),
+        None => crate::proto::valid_room(p),
+    }
+}
+
 /// Who a connection is, as established by a token or as an anonymous user.
 #[derive(Debug, Clone)]
 pub struct Identity {

@@ -103,9 +103,24 @@ pub struct HistoryConfig {
     pub ttl: u64,
     /// What an ack promises.
     pub durability: Durability,
+    /// Room patterns kept in memory only, whatever `durability` says
+    /// (e.g. `cursor:*`).
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub memory_rooms: Vec<String>,
+    /// Room patterns written in the background (async), unless they match
+    /// `memory_rooms`.
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub async_rooms: Vec<String>,
     /// Directory of the durable store.
     #[serde(deserialize_with = "lenient_string")]
     pub path: String,
+}
+
+impl HistoryConfig {
+    /// Whether any room can be written to disk (the store is opened).
+    pub fn uses_store(&self) -> bool {
+        self.durability != Durability::Memory
+    }
 }
 
 impl Default for HistoryConfig {
@@ -114,6 +129,8 @@ impl Default for HistoryConfig {
             size: DEFAULT_HISTORY_SIZE,
             ttl: DEFAULT_HISTORY_TTL,
             durability: Durability::Sync,
+            memory_rooms: Vec::new(),
+            async_rooms: Vec::new(),
             path: DEFAULT_HISTORY_PATH.to_string(),
         }
     }
@@ -383,8 +400,16 @@ impl Config {
         if h.ttl == 0 {
             return err("history.ttl: must be at least 1 second".into());
         }
-        if h.durability != Durability::Memory && h.path.trim().is_empty() {
+        if h.uses_store() && h.path.trim().is_empty() {
             return err("history.path: must name a directory".into());
+        }
+        for (key, list) in [
+            ("memory_rooms", &h.memory_rooms),
+            ("async_rooms", &h.async_rooms),
+        ] {
+            if let Some(bad) = list.iter().find(|p| !crate::auth::valid_pattern(p)) {
+                return err(format!("history.{key}: {bad:?} is not a room pattern"));
+            }
         }
         if !(1024..=256 * 1024 * 1024).contains(&l.echo_max_message) {
             return err(format!(
@@ -562,6 +587,43 @@ mod tests {
         assert_eq!(c.auth.api_keys, vec!["key-one-1", "key-two-2"]);
         assert!(!c.anonymous_allowed(), "a secret turns anonymous off");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn history_room_patterns_are_validated_and_chosen_in_order() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CORECAST_HISTORY__MEMORY_ROOMS", "cursor:*,tmp"),
+                ("CORECAST_HISTORY__ASYNC_ROOMS", "feed:*,cursor:x"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let modes = crate::history::RoomModes::new(&c.history);
+        assert_eq!(
+            modes.of("cursor:x"),
+            Durability::Memory,
+            "memory_rooms first"
+        );
+        assert_eq!(modes.of("tmp"), Durability::Memory);
+        assert_eq!(modes.of("feed:1"), Durability::Async);
+        assert_eq!(modes.of("chat"), Durability::Sync, "the default");
+        let err = Config::load(
+            None,
+            env(&[("CORECAST_HISTORY__ASYNC_ROOMS", "bad room")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("history.async_rooms"), "{err}");
+        let mut all_memory = c.history.clone();
+        all_memory.durability = Durability::Memory;
+        let modes = crate::history::RoomModes::new(&all_memory);
+        assert_eq!(
+            modes.of("feed:1"),
+            Durability::Memory,
+            "a memory server never writes"
+        );
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! Entries keep the framed bytes that were delivered, shared by reference:
 //! a replay queues the same `Bytes` again, and a `history` reply slices the
 //! JSON out of them. This module must not know about connections, cores or
-//! disks; the durable store persists the same entries separately.
+//! disks; the durable store persists the same entries separately. It also
+//! decides each room's durability mode ([`RoomModes`]).
 
+use crate::auth::Patterns;
+use crate::config::{Durability, HistoryConfig};
 use bytes::Bytes;
 use std::collections::VecDeque;
 
@@ -17,6 +20,48 @@ pub struct Retention {
     pub size: usize,
     /// Oldest message kept, ms.
     pub ttl_ms: u64,
+}
+
+/// Which durability each room gets (config `history.durability`,
+/// `memory_rooms`, `async_rooms`), decided once when a home core creates
+/// the room.
+#[derive(Debug, Clone)]
+pub struct RoomModes {
+    default: Durability,
+    memory: Patterns,
+    asyncs: Patterns,
+}
+
+impl RoomModes {
+    /// From the `[history]` config.
+    pub fn new(h: &HistoryConfig) -> Self {
+        RoomModes {
+            default: h.durability,
+            memory: Patterns::new(&h.memory_rooms),
+            asyncs: Patterns::new(&h.async_rooms),
+        }
+    }
+
+    /// Every room in one mode.
+    pub fn all(mode: Durability) -> Self {
+        RoomModes {
+            default: mode,
+            memory: Patterns::default(),
+            asyncs: Patterns::default(),
+        }
+    }
+
+    /// The mode of `room`: `memory_rooms` first, then `async_rooms`, else
+    /// the default; a memory-only server never writes.
+    pub fn of(&self, room: &str) -> Durability {
+        if self.default == Durability::Memory || self.memory.matches(room) {
+            Durability::Memory
+        } else if self.asyncs.matches(room) {
+            Durability::Async
+        } else {
+            self.default
+        }
+    }
 }
 
 /// One message of a room.

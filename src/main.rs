@@ -14,6 +14,10 @@ use tracing::{info, warn};
 /// CORECAST_* environment variables (CORECAST_KEY, CORECAST_SECTION__KEY),
 /// then these flags. Logs go to stderr; set CORECAST_LOG (or RUST_LOG), e.g.
 /// CORECAST_LOG=debug.
+///
+/// Room history is durable by default: acks wait for an fsync of the store
+/// in ./data (CORECAST_HISTORY__PATH). CORECAST_HISTORY__DURABILITY=async
+/// acks at once and writes in the background; =memory keeps nothing on disk.
 #[derive(Parser, Debug)]
 #[command(name = "corecast", version, about, long_about)]
 struct Cli {

@@ -9,7 +9,8 @@
 //! core loop routes what these structures decide.
 
 use crate::bus::ReplyTo;
-use crate::history::{Entry, Retention, Window};
+use crate::config::Durability;
+use crate::history::{Entry, Retention, RoomModes, Window};
 use crate::store::LoadedRoom;
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -78,6 +79,8 @@ pub struct HomeRoom {
     last_active_ms: u64,
     /// Recent messages, for recovery and `history`.
     pub history: Window,
+    /// How durable this room's messages are.
+    pub mode: Durability,
     /// Sequenced messages waiting for the store's fsync (sync mode), in
     /// seq order; they are delivered, acknowledged and enter `history`
     /// once stored.
@@ -157,16 +160,19 @@ pub struct HomeRooms {
     idle_ms: u64,
     /// History bounds.
     pub retention: Retention,
+    /// Durability per room.
+    modes: RoomModes,
 }
 
 impl HomeRooms {
     /// Home-room table for a server of `cores` cores.
-    pub fn new(cores: usize, idle_ms: u64, retention: Retention) -> Self {
+    pub fn new(cores: usize, idle_ms: u64, retention: Retention, modes: RoomModes) -> Self {
         HomeRooms {
             rooms: HashMap::new(),
             cores,
             idle_ms,
             retention,
+            modes,
         }
     }
 
@@ -197,7 +203,9 @@ impl HomeRooms {
         new_epoch: impl FnOnce() -> Arc<str>,
     ) -> &mut HomeRoom {
         let cores = self.cores;
+        let modes = &self.modes;
         let r = self.rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
+            mode: modes.of(room),
             seq: 0,
             epoch: new_epoch(),
             cores: vec![0; cores],
@@ -272,6 +280,7 @@ impl HomeRooms {
             history.push(e, &self.retention, now_unix_ms);
         }
         let r = HomeRoom {
+            mode: self.modes.of(&loaded.room),
             seq: loaded.seq,
             epoch: loaded.epoch,
             cores: vec![0; self.cores],
@@ -340,7 +349,7 @@ mod tests {
 
     #[test]
     fn home_counts_users_and_cores() {
-        let mut h = HomeRooms::new(2, 1000, RET);
+        let mut h = HomeRooms::new(2, 1000, RET, RoomModes::all(Durability::Memory));
         let r: Arc<str> = "a".into();
         let u1: Arc<str> = "u1".into();
         let u2: Arc<str> = "u2".into();
@@ -419,7 +428,7 @@ mod tests {
 
     #[test]
     fn empty_room_keeps_its_epoch_until_the_idle_sweep() {
-        let mut h = HomeRooms::new(1, 1000, RET);
+        let mut h = HomeRooms::new(1, 1000, RET, RoomModes::all(Durability::Memory));
         let r: Arc<str> = "a".into();
         let u: Arc<str> = "u".into();
         let m = Member {

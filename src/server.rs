@@ -6,7 +6,7 @@
 
 use crate::bus::home_core;
 use crate::bus::{Bus, BusMsg};
-use crate::config::{Config, ConfigError, Durability};
+use crate::config::{Config, ConfigError};
 use crate::core::{Core, CoreInit, Shared, WAKER, listener};
 use crate::history::Retention;
 use crate::store::{Store, StoreError, StoreHandle, StoreMsg};
@@ -80,21 +80,17 @@ impl Server {
         // the start, and every room's history is in place for the first
         // client.
         let h = &config.history;
-        let opened = match h.durability {
-            Durability::Memory => None,
-            Durability::Sync | Durability::Async => {
-                let retention = Retention {
-                    size: h.size,
-                    ttl_ms: h.ttl.saturating_mul(1000),
-                };
-                let mut rng = fastrand::Rng::new();
-                let new_epoch = || format!("{:08x}", rng.u32(..)).into();
-                let path = std::path::Path::new(&h.path);
-                Some(
-                    Store::open(path, retention, h.durability, new_epoch)
-                        .map_err(StartError::Store)?,
-                )
-            }
+        let opened = if h.uses_store() {
+            let retention = Retention {
+                size: h.size,
+                ttl_ms: h.ttl.saturating_mul(1000),
+            };
+            let mut rng = fastrand::Rng::new();
+            let new_epoch = || format!("{:08x}", rng.u32(..)).into();
+            let path = std::path::Path::new(&h.path);
+            Some(Store::open(path, retention, new_epoch).map_err(StartError::Store)?)
+        } else {
+            None
         };
         let requested = config.listen_addr();
         // The first bind resolves port 0; the other cores join its port.

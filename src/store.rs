@@ -13,12 +13,14 @@
 //! Layout (three fjall keyspaces):
 //! - `msgs`: `room 0x00 seq(u64 BE)` → `ts(u64 BE) ++ message event JSON`.
 //!   Room names never contain 0x00, so one room's keys are one range.
-//! - `rooms`: `room` → `len(epoch) u8 ++ epoch ++ last seq(u64 BE)`, so seq
-//!   and epoch survive even when retention has emptied the room.
-//! - `meta`: `state` → `clean` after an orderly stop, `run:sync` /
-//!   `run:async` while running. Starting after an unclean `run:async` gives
-//!   every room a new epoch: background writes may have lost acknowledged
-//!   messages, so old positions must not claim to recover.
+//! - `rooms`: `room` → `mode u8 ('s' sync / 'a' async) ++ len(epoch) u8 ++
+//!   epoch ++ last seq(u64 BE)`, so seq and epoch survive even when
+//!   retention has emptied the room.
+//! - `meta`: `state` → `clean` after an orderly stop, `run` while running.
+//!   Starting after an unclean stop gives every room last written in async
+//!   mode a new epoch: background writes may have lost acknowledged
+//!   messages, so old positions must not claim to recover. Sync rooms keep
+//!   theirs: nothing was acknowledged before it was on disk.
 //!
 //! Retention is applied here too, in the background: the count bound with
 //! each append (a tombstone per message beyond `history.size`), the age
@@ -37,7 +39,6 @@
 //! stores and loads what the home cores give it.
 
 use crate::bus::{Bus, BusMsg};
-use crate::config::Durability;
 use crate::history::{Entry, Retention};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -138,7 +139,6 @@ pub struct Store {
     rooms: Keyspace,
     meta: Keyspace,
     retention: Retention,
-    durability: Durability,
     state: HashMap<Arc<str>, RoomDisk>,
 }
 
@@ -152,6 +152,8 @@ struct RoomDisk {
     last: u64,
     /// Newest message's ts (for forgetting rooms that expired entirely).
     last_ts: u64,
+    /// Last written in sync mode.
+    sync: bool,
 }
 
 fn msg_key(room: &str, seq: u64) -> Vec<u8> {
@@ -175,22 +177,28 @@ fn seq_of_key(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k[n..].try_into().ok()?))
 }
 
-fn room_meta(epoch: &str, last: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + epoch.len() + 8);
+fn room_meta(sync: bool, epoch: &str, last: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(2 + epoch.len() + 8);
+    v.push(if sync { b's' } else { b'a' });
     v.push(epoch.len() as u8);
     v.extend_from_slice(epoch.as_bytes());
     v.extend_from_slice(&last.to_be_bytes());
     v
 }
 
-fn parse_room_meta(v: &[u8]) -> Option<(&str, u64)> {
-    let n = *v.first()? as usize;
-    if v.len() != 1 + n + 8 {
+fn parse_room_meta(v: &[u8]) -> Option<(bool, &str, u64)> {
+    let sync = match *v.first()? {
+        b's' => true,
+        b'a' => false,
+        _ => return None,
+    };
+    let n = *v.get(1)? as usize;
+    if v.len() != 2 + n + 8 {
         return None;
     }
-    let epoch = std::str::from_utf8(&v[1..1 + n]).ok()?;
-    let last = u64::from_be_bytes(v[1 + n..].try_into().ok()?);
-    Some((epoch, last))
+    let epoch = std::str::from_utf8(&v[2..2 + n]).ok()?;
+    let last = u64::from_be_bytes(v[2 + n..].try_into().ok()?);
+    Some((sync, epoch, last))
 }
 
 fn now_unix_ms() -> u64 {
@@ -216,7 +224,6 @@ impl Store {
     pub fn open(
         path: &Path,
         retention: Retention,
-        durability: Durability,
         mut new_epoch: impl FnMut() -> Arc<str>,
     ) -> Result<(Store, Vec<LoadedRoom>), StoreError> {
         std::fs::create_dir_all(path).map_err(|e| {
@@ -238,13 +245,9 @@ impl Store {
             .get("state")
             .map_err(|e| corrupt(path, e))?
             .map(|v| String::from_utf8_lossy(&v).into_owned());
-        let bump = previous.as_deref() == Some("run:async");
-        if bump {
-            warn!(
-                "history store was not shut down cleanly after running in async mode: \
-                 every room gets a new epoch (clients reload instead of recovering)"
-            );
-        }
+        // A store that was never opened has no state; one that was opened
+        // and not closed cleanly may lack acknowledged async messages.
+        let unclean = previous.as_deref().is_some_and(|p| p != "clean");
         let now = now_unix_ms();
         let cutoff = now.saturating_sub(retention.ttl_ms);
         let mut loaded = Vec::new();
@@ -257,7 +260,7 @@ impl Store {
                 .ok()
                 .filter(|r| crate::proto::valid_room(r))
                 .ok_or_else(|| corrupt(path, "bad room key"))?;
-            let (epoch, last) =
+            let (sync, epoch, last) =
                 parse_room_meta(&v).ok_or_else(|| corrupt(path, format!("bad meta of {room}")))?;
             let room: Arc<str> = room.into();
             let mut epoch: Arc<str> = epoch.into();
@@ -298,9 +301,9 @@ impl Store {
             }
             entries.reverse();
             messages += entries.len();
-            if bump {
+            if unclean && !sync {
                 epoch = new_epoch();
-                bumped.push((room.clone(), room_meta(&epoch, last)));
+                bumped.push((room.clone(), room_meta(sync, &epoch, last)));
             }
             let first = entries.first().map_or(last + 1, |e| e.seq);
             state.insert(
@@ -310,6 +313,7 @@ impl Store {
                     first,
                     last,
                     last_ts,
+                    sync,
                 },
             );
             loaded.push(LoadedRoom {
@@ -319,22 +323,25 @@ impl Store {
                 entries,
             });
         }
+        if !bumped.is_empty() {
+            warn!(
+                rooms = bumped.len(),
+                "history store was not shut down cleanly: rooms written in async mode get a new \
+                 epoch (their clients reload instead of recovering a possible gap)"
+            );
+        }
         let mut b = db.batch().durability(Some(PersistMode::SyncAll));
         for (room, v) in bumped {
             b.insert(&rooms, room.as_bytes(), v);
         }
-        let running = match durability {
-            Durability::Async => "run:async",
-            _ => "run:sync",
-        };
-        b.insert(&meta, "state", running);
+        b.insert(&meta, "state", "run");
         b.commit()
             .map_err(|e| StoreError(format!("cannot write to history store: {e}")))?;
         info!(
             path = %path.display(),
             rooms = loaded.len(),
             messages,
-            clean = previous.as_deref() != Some("run:sync") && !bump,
+            clean = !unclean,
             "history store opened"
         );
         Ok((
@@ -344,7 +351,6 @@ impl Store {
                 rooms,
                 meta,
                 retention,
-                durability,
                 state,
             },
             loaded,
@@ -434,7 +440,7 @@ impl Store {
     /// first seen since start).
     fn disk_state(&self, room: &str) -> Option<RoomDisk> {
         let meta = self.rooms.get(room).ok()??;
-        let (epoch, last) = parse_room_meta(&meta)?;
+        let (sync, epoch, last) = parse_room_meta(&meta)?;
         let (lo, hi) = room_range(room);
         let first = self
             .msgs
@@ -448,6 +454,7 @@ impl Store {
             first,
             last,
             last_ts: now_unix_ms(),
+            sync,
         })
     }
 
@@ -488,6 +495,7 @@ impl Store {
                         first: a.seq,
                         last: a.seq.saturating_sub(1),
                         last_ts: a.ts,
+                        sync: a.sync,
                     }),
                 );
             }
@@ -503,6 +511,7 @@ impl Store {
                     first: a.seq,
                     last: a.seq.saturating_sub(1),
                     last_ts: a.ts,
+                    sync: a.sync,
                 };
             }
             let json = &a.frame[a.header_len as usize..];
@@ -515,6 +524,7 @@ impl Store {
             }
             st.last = a.seq;
             st.last_ts = a.ts;
+            st.sync = a.sync;
             while st.last - st.first + 1 > self.retention.size as u64 {
                 b.remove(&self.msgs, msg_key(&a.room, st.first));
                 st.first += 1;
@@ -533,11 +543,16 @@ impl Store {
         }
         for room in &dirty {
             let st = &self.state[room];
-            b.insert(&self.rooms, room.as_bytes(), room_meta(&st.epoch, st.last));
+            b.insert(
+                &self.rooms,
+                room.as_bytes(),
+                room_meta(st.sync, &st.epoch, st.last),
+            );
         }
-        let mode = match (any_sync, self.durability) {
-            (true, _) => PersistMode::SyncData,
-            _ => PersistMode::Buffer,
+        let mode = if any_sync {
+            PersistMode::SyncData
+        } else {
+            PersistMode::Buffer
         };
         match b.durability(Some(mode)).commit() {
             Ok(()) => {
@@ -635,8 +650,10 @@ mod tests {
 
     #[test]
     fn room_meta_round_trips() {
-        let v = room_meta("0badc0de", 42);
-        assert_eq!(parse_room_meta(&v), Some(("0badc0de", 42)));
+        let v = room_meta(true, "0badc0de", 42);
+        assert_eq!(parse_room_meta(&v), Some((true, "0badc0de", 42)));
+        let v = room_meta(false, "e", 1);
+        assert_eq!(parse_room_meta(&v), Some((false, "e", 1)));
         assert_eq!(parse_room_meta(&v[..v.len() - 1]), None);
     }
 }

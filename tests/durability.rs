@@ -494,3 +494,53 @@ fn a_full_disk_fails_publishes_with_internal_and_never_acks_them() {
     server.signal(libc::SIGKILL);
     server.child.wait().unwrap();
 }
+
+#[test]
+fn room_patterns_choose_memory_or_async_per_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let mut e = env(path, "sync");
+    e.push(("CORECAST_HISTORY__MEMORY_ROOMS", "eph:*"));
+    e.push(("CORECAST_HISTORY__ASYNC_ROOMS", "fast:*,live"));
+    let mut server = ChildServer::start(&e);
+    let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
+    let mut epochs = HashMap::new();
+    for room in ["eph:1", "fast:1", "keep"] {
+        epochs.insert(room, join_epoch(&mut c, room).0);
+        for i in 0..4 {
+            let a = ask(&mut c, json!({"type":"publish","room":room,"data":{"i":i}}));
+            assert_eq!(a["type"], "ack", "{a}");
+        }
+    }
+    // Let the async writer write, then crash.
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGKILL);
+    server.child.wait().unwrap();
+    drop(c);
+
+    let server = ChildServer::start(&e);
+    let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
+    // Sync: all there, same epoch, recovers.
+    let (replay, ack) = rejoin(&mut c, "keep", &epochs["keep"], 0);
+    assert_eq!(
+        (ack["recovered"].clone(), replay.len()),
+        (json!(true), 4),
+        "{ack}"
+    );
+    // Async after a crash: its messages were written, but the room gets a
+    // new epoch, so the old position does not claim to recover.
+    let (replay, ack) = rejoin(&mut c, "fast:1", &epochs["fast:1"], 2);
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert!(replay.is_empty());
+    assert_ne!(ack["epoch"].as_str().unwrap(), epochs["fast:1"]);
+    assert_eq!(ack["seq"], 4, "async messages were written: {ack}");
+    let h = ask(&mut c, json!({"type":"history","room":"fast:1"}));
+    assert_eq!(h["messages"].as_array().unwrap().len(), 4, "{h}");
+    // Memory-only: nothing survived.
+    let (_, ack) = rejoin(&mut c, "eph:1", &epochs["eph:1"], 0);
+    assert_eq!(
+        (ack["recovered"].clone(), ack["seq"].clone()),
+        (json!(false), json!(0)),
+        "{ack}"
+    );
+}

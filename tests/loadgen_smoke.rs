@@ -147,7 +147,17 @@ fn fanout_reports_publish_to_ack_latency() {
     let s = unlimited();
     let v = load(
         &s,
-        &["fanout", "--rooms", "2", "--members", "0", "--publishers", "2", "--inflight", "2"],
+        &[
+            "fanout",
+            "--rooms",
+            "2",
+            "--members",
+            "0",
+            "--publishers",
+            "2",
+            "--inflight",
+            "2",
+        ],
     );
     let acks = v["ack_latency_us"]["count"].as_u64().unwrap();
     assert!(acks > 0, "{v:#}");

@@ -18,7 +18,7 @@ pub mod sockio;
 use crate::auth::{Authenticator, Identity, unix_now};
 use crate::bus::{Bus, BusMsg, ConnRef, Inbox, Outbox, ReplyTo, home_core};
 use crate::config::{Config, Durability};
-use crate::history::{Entry, Retention};
+use crate::history::{Entry, Retention, RoomModes};
 use crate::proto::ErrorCode;
 use crate::proto::close;
 use crate::proto::command::CommandParser;
@@ -304,8 +304,8 @@ pub struct Core {
     inbox: Inbox,
     bus: Bus,
     outbox: Outbox,
-    /// The durable store, and whether acks wait for it (sync mode).
-    store: Option<(StoreHandle, bool)>,
+    /// The durable store (absent when every room is memory-only).
+    store: Option<StoreHandle>,
     parser: CommandParser,
     outputs: Vec<Output>,
     expired: Vec<Timer>,
@@ -367,15 +367,13 @@ impl Core {
                     size: init.shared.config.history.size,
                     ttl_ms: init.shared.config.history.ttl.saturating_mul(1000),
                 },
+                RoomModes::new(&init.shared.config.history),
             ),
             wheel: TimerWheel::new(WHEEL_SLOTS, TICK_MS, now),
             inbox: init.inbox,
             bus: init.bus,
             outbox: Outbox::new(cores),
-            store: init.store.map(|h| {
-                let sync = init.shared.config.history.durability == Durability::Sync;
-                (h, sync)
-            }),
+            store: init.store,
             parser: CommandParser::new(),
             outputs: Vec::new(),
             expired: Vec::new(),
@@ -1593,30 +1591,30 @@ impl Core {
             header_len,
             frame: frame.clone(),
         };
-        let Some((store, sync)) = &self.store else {
-            r.history.push(entry, &retention, ts);
-            self.deliver_to_room(&room, frame);
-            self.send_ack(reply, &room, seq, ts);
-            return;
+        let (mode, store) = match (r.mode, &self.store) {
+            (Durability::Memory, _) | (_, None) => (Durability::Memory, None),
+            (mode, Some(store)) => (mode, Some(store)),
         };
-        let sync = *sync;
-        let sent = store.send(StoreMsg::Append(Append {
-            home: self.id,
-            room: room.clone(),
-            epoch,
-            seq,
-            ts,
-            frame: frame.clone(),
-            header_len,
-            sync,
-        }));
+        let sync = mode == Durability::Sync;
+        let sent = store.is_some_and(|store| {
+            store.send(StoreMsg::Append(Append {
+                home: self.id,
+                room: room.clone(),
+                epoch,
+                seq,
+                ts,
+                frame: frame.clone(),
+                header_len,
+                sync,
+            }))
+        });
         if sync {
             r.pending.push_back(Pending { entry, reply });
             if !sent {
                 self.store_failed(room);
             }
         } else {
-            if !sent {
+            if mode == Durability::Async && !sent {
                 warn!(room = %room, "history store is gone: message kept in memory only");
             }
             r.history.push(entry, &retention, ts);
@@ -1669,7 +1667,7 @@ impl Core {
         };
         let failed: Vec<Pending> = r.pending.drain(..).collect();
         r.seq -= failed.len() as u64;
-        if let Some((store, _)) = &self.store {
+        if let Some(store) = &self.store {
             store.send(StoreMsg::Reset { room: room.clone() });
         }
         warn!(room = %room, messages = failed.len(), "publish failed: history store write error");
