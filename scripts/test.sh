@@ -4,6 +4,11 @@
 # runs), doc tests, and the async baseline variants' own tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Third-party clients for tests/third_party.rs, in a venv of our own.
+if [ ! -x target/py/bin/python ] || ! target/py/bin/python -c 'import websockets, prometheus_client' 2>/dev/null; then
+    python3 -m venv target/py
+    target/py/bin/pip install --quiet 'websockets>=13,<16' 'prometheus_client>=0.20'
+fi
 cargo test --all-targets "$@"
 cargo test --doc
 cargo test -p corecast-tokio

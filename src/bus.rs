@@ -33,6 +33,33 @@ pub struct ReplyTo {
     pub conn: ConnRef,
     /// Its command id.
     pub id: Option<Id>,
+    /// The publisher is an HTTP API request (`/api/publish`): answer with
+    /// an HTTP response instead of an `ack` event.
+    pub http: bool,
+}
+
+/// A count being gathered on some core (`direct` and notification
+/// `delivered`, stats): where the parts report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggRef {
+    /// The gathering core.
+    pub core: usize,
+    /// Its token for the gathering.
+    pub token: u64,
+}
+
+/// Where a room's status reply goes.
+#[derive(Debug)]
+pub enum Answer {
+    /// A WebSocket command (`members`): a reply event.
+    Ws(ReplyTo),
+    /// An HTTP request waiting on `core` (`/api/rooms/..`).
+    Http {
+        /// Core of the request.
+        core: usize,
+        /// The HTTP connection.
+        conn: ConnRef,
+    },
 }
 
 /// One message between cores.
@@ -98,6 +125,9 @@ pub enum BusMsg {
         room: Arc<str>,
         /// The event (`message`, `joined`, `left`), framed.
         frame: Bytes,
+        /// For a `message`: when it was sequenced (server-monotonic µs,
+        /// for the delivery-latency histogram); 0 otherwise.
+        at_us: u64,
     },
     /// Send `frame` to one connection.
     Reply {
@@ -130,6 +160,154 @@ pub enum BusMsg {
     StoreFailed {
         /// Room.
         room: Arc<str>,
+    },
+    /// To a user's home core: a connection of the user authenticated.
+    UserConnected {
+        /// User.
+        user: Arc<str>,
+        /// Display name.
+        name: Option<Arc<str>>,
+        /// Core of the connection.
+        core: usize,
+    },
+    /// To a user's home core: a connection of the user went away while in
+    /// these rooms.
+    UserGone {
+        /// User.
+        user: Arc<str>,
+        /// Core of the connection.
+        core: usize,
+        /// Rooms the connection was in.
+        rooms: Vec<Arc<str>>,
+    },
+    /// To a user's home core: a connection of the user joined or left a room.
+    UserRoom {
+        /// User.
+        user: Arc<str>,
+        /// Room.
+        room: Arc<str>,
+        /// Joined (else left).
+        joined: bool,
+    },
+    /// To a user's home core: the user set a status.
+    SetStatus {
+        /// User.
+        user: Arc<str>,
+        /// Status.
+        status: crate::presence::Status,
+    },
+    /// To every core: a user's presence changed; tell the members of
+    /// `rooms` (other than the user) and note the status in homed rooms.
+    Presence {
+        /// User.
+        user: Arc<str>,
+        /// New status.
+        status: crate::presence::Status,
+        /// The user's rooms.
+        rooms: Arc<[Arc<str>]>,
+        /// The `presence` event, framed.
+        frame: Bytes,
+    },
+    /// From a user's home core to a room's home core: the user (joining)
+    /// is not `online`.
+    RoomStatus {
+        /// Room.
+        room: Arc<str>,
+        /// User.
+        user: Arc<str>,
+        /// Status.
+        status: crate::presence::Status,
+    },
+    /// To a room's home core: a member's typing state.
+    Typing {
+        /// Room.
+        room: Arc<str>,
+        /// User.
+        user: Arc<str>,
+        /// Typing or stopped.
+        typing: bool,
+    },
+    /// From a room's home core: send `frame` to the local members of
+    /// `room` except the connections of `except`.
+    DeliverExcept {
+        /// Room.
+        room: Arc<str>,
+        /// User whose connections are skipped.
+        except: Arc<str>,
+        /// The event, framed.
+        frame: Bytes,
+    },
+    /// To a room's home core: list its members / describe it.
+    Members {
+        /// Room.
+        room: Arc<str>,
+        /// Command id (WebSocket) for the reply.
+        id: Option<Id>,
+        /// Where the answer goes.
+        answer: Answer,
+    },
+    /// To a user's home core: deliver `frame` to every connection of
+    /// `user`, reporting to `agg`.
+    ToUser {
+        /// Recipient.
+        user: Arc<str>,
+        /// The event (`direct`, `notification`), framed.
+        frame: Bytes,
+        /// Where the count goes.
+        agg: AggRef,
+    },
+    /// From a user's home core to a core holding connections of `user`:
+    /// deliver `frame` to them and report the count to `agg`.
+    UserDeliver {
+        /// Recipient.
+        user: Arc<str>,
+        /// The event, framed.
+        frame: Bytes,
+        /// Where the count goes.
+        agg: AggRef,
+    },
+    /// To every core: deliver `frame` to every authenticated connection,
+    /// reporting to `agg`.
+    Broadcast {
+        /// The event, framed.
+        frame: Bytes,
+        /// Where the count goes.
+        agg: AggRef,
+    },
+    /// To a gathering core: `parts` more reports are coming.
+    AggExpect {
+        /// The gathering.
+        token: u64,
+        /// Reports to expect.
+        parts: u32,
+    },
+    /// To a gathering core: one report.
+    AggDone {
+        /// The gathering.
+        token: u64,
+        /// Connections reached.
+        delivered: u64,
+    },
+    /// To every core: send a snapshot of your counters to `agg`.
+    StatsRequest {
+        /// Where it goes.
+        agg: AggRef,
+    },
+    /// A core's snapshot, to a gathering core.
+    StatsReply {
+        /// The gathering.
+        token: u64,
+        /// The snapshot.
+        snapshot: Box<crate::metrics::Snapshot>,
+    },
+    /// Answer an HTTP request waiting on this core.
+    HttpReply {
+        /// The HTTP connection.
+        conn: ConnRef,
+        /// Status.
+        status: u16,
+        /// JSON body.
+        body: String,
     },
     /// Start draining: stop accepting, tell clients to reconnect, exit.
     Shutdown,

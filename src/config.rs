@@ -78,6 +78,50 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Room history and durability.
     pub history: HistoryConfig,
+    /// User presence.
+    pub presence: PresenceConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
+}
+
+/// `[presence]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Seconds a user's last connection must be gone before `offline`.
+    pub grace: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { grace: 5 }
+    }
+}
+
+/// `[api]`: the HTTP API (`/api/*`), authenticated with `auth.api_keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Requests per second per core before 429 (all keys together).
+    pub rate_per_sec: f64,
+    /// Burst of the same bucket.
+    pub rate_burst: f64,
+    /// Largest request body, bytes (413 beyond).
+    pub max_body: usize,
+    /// Serve `POST /api/tokens` (signs tokens with `auth.secret`): for
+    /// development and demos only.
+    pub dev_tokens: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            rate_per_sec: 1000.0,
+            rate_burst: 2000.0,
+            max_body: DEFAULT_MAX_MESSAGE + 1024,
+            dev_tokens: false,
+        }
+    }
 }
 
 /// What an `ack` promises about a message (config `history.durability`).
@@ -196,6 +240,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             history: HistoryConfig::default(),
+            presence: PresenceConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -410,6 +456,22 @@ impl Config {
             if let Some(bad) = list.iter().find(|p| !crate::auth::valid_pattern(p)) {
                 return err(format!("history.{key}: {bad:?} is not a room pattern"));
             }
+        }
+        if !(1..=3600).contains(&self.presence.grace) {
+            return err(format!(
+                "presence.grace: {} must be 1..=3600 seconds",
+                self.presence.grace
+            ));
+        }
+        let a = &self.api;
+        if !(a.rate_per_sec > 0.0 && a.rate_per_sec.is_finite() && a.rate_burst >= 1.0) {
+            return err("api.rate_per_sec must be > 0 and api.rate_burst >= 1".into());
+        }
+        if !(256..=64 * 1024 * 1024).contains(&a.max_body) {
+            return err(format!(
+                "api.max_body: {} must be 256..=67108864 bytes",
+                a.max_body
+            ));
         }
         if !(1024..=256 * 1024 * 1024).contains(&l.echo_max_message) {
             return err(format!(

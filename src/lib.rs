@@ -32,6 +32,8 @@ pub mod bus;
 pub mod config;
 pub mod core;
 pub mod history;
+pub mod metrics;
+pub mod presence;
 pub mod proto;
 pub mod rooms;
 pub mod server;

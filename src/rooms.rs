@@ -11,6 +11,7 @@
 use crate::bus::ReplyTo;
 use crate::config::Durability;
 use crate::history::{Entry, Retention, RoomModes, Window};
+use crate::presence::Status;
 use crate::store::LoadedRoom;
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -63,6 +64,7 @@ impl LocalRooms {
 struct RoomUser {
     connections: u32,
     name: Option<Arc<str>>,
+    status: Status,
 }
 
 /// A room at its home core.
@@ -81,6 +83,8 @@ pub struct HomeRoom {
     pub history: Window,
     /// How durable this room's messages are.
     pub mode: Durability,
+    /// Users typing, with when their typing expires (monotonic ms).
+    pub typing: HashMap<Arc<str>, u64>,
     /// Sequenced messages waiting for the store's fsync (sync mode), in
     /// seq order; they are delivered, acknowledged and enter `history`
     /// once stored.
@@ -94,6 +98,8 @@ pub struct Pending {
     pub entry: Entry,
     /// Where its `ack` goes.
     pub reply: Option<ReplyTo>,
+    /// When it was sequenced (server-monotonic µs).
+    pub at_us: u64,
 }
 
 impl HomeRoom {
@@ -113,6 +119,41 @@ impl HomeRoom {
 
     fn idle(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// Whether `user` is a member.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Notes a member's presence status (for `members`).
+    pub fn set_status(&mut self, user: &str, status: Status) {
+        if let Some(u) = self.users.get_mut(user) {
+            u.status = status;
+        }
+    }
+
+    /// The `users` array of a `members` reply:
+    /// `[{"user","name","status"}, ...]`, sorted by user id.
+    pub fn members_json(&self, out: &mut String) {
+        let mut users: Vec<_> = self.users.iter().collect();
+        users.sort_by(|a, b| a.0.cmp(b.0));
+        out.push('[');
+        for (i, (user, u)) in users.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"user\":");
+            crate::proto::event::push_json_str(out, user);
+            if let Some(name) = &u.name {
+                out.push_str(",\"name\":");
+                crate::proto::event::push_json_str(out, name);
+            }
+            out.push_str(",\"status\":\"");
+            out.push_str(u.status.as_str());
+            out.push_str("\"}");
+        }
+        out.push(']');
     }
 
     /// The seq of the last message delivered (messages waiting for the
@@ -213,6 +254,7 @@ impl HomeRooms {
             last_active_ms: now_ms,
             history: Window::default(),
             pending: VecDeque::new(),
+            typing: HashMap::new(),
         });
         r.last_active_ms = now_ms;
         r
@@ -236,6 +278,7 @@ impl HomeRooms {
                 RoomUser {
                     connections: 0,
                     name: m.name.cloned(),
+                    status: Status::Online,
                 }
             });
             u.connections += 1;
@@ -273,8 +316,14 @@ impl HomeRooms {
         left
     }
 
-    /// Installs a room loaded from the durable store (at start).
+    /// Installs a room loaded from the durable store (at start). A room
+    /// whose pattern now makes it memory-only is not restored: it starts
+    /// over under a new epoch when used, so no seq it hands out can collide
+    /// with stored ones.
     pub fn restore(&mut self, loaded: LoadedRoom, now_ms: u64, now_unix_ms: u64) {
+        if self.modes.of(&loaded.room) == Durability::Memory {
+            return;
+        }
         let mut history = Window::default();
         for e in loaded.entries {
             history.push(e, &self.retention, now_unix_ms);
@@ -288,6 +337,7 @@ impl HomeRooms {
             last_active_ms: now_ms,
             history,
             pending: VecDeque::new(),
+            typing: HashMap::new(),
         };
         self.rooms.insert(loaded.room, r);
     }

@@ -43,16 +43,21 @@ use crate::history::{Entry, Retention};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use fjall::{Database, Keyspace, PersistMode};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Most messages written in one batch (one fsync).
 const MAX_BATCH: usize = 8192;
+/// Most messages queued for the store; beyond it publishes are refused
+/// with `overloaded` (memory stays bounded when the disk stalls).
+pub const QUEUE_BOUND: usize = 131_072;
+/// Rooms handled per step of the age sweep.
+const SWEEP_ROOMS_PER_PASS: usize = 256;
 /// How often async mode fsyncs what it has written (bounds the loss on a
 /// power failure; a process crash loses only what was still queued).
 const ASYNC_SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -125,8 +130,26 @@ pub struct StoreHandle {
     tx: Sender<StoreMsg>,
 }
 
+/// Why a message could not be queued for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// [`QUEUE_BOUND`] messages are waiting: the disk is not keeping up.
+    Full,
+    /// The store thread is gone.
+    Gone,
+}
+
 impl StoreHandle {
-    /// Queues a message; `false` if the store thread is gone.
+    /// Queues an append without waiting; a full queue is refused (the
+    /// publisher gets `overloaded`) rather than grown without bound.
+    pub fn try_send(&self, msg: StoreMsg) -> Result<(), QueueError> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => QueueError::Full,
+            crossbeam_channel::TrySendError::Disconnected(_) => QueueError::Gone,
+        })
+    }
+
+    /// Queues a control message, waiting for room if needed.
     pub fn send(&self, msg: StoreMsg) -> bool {
         self.tx.send(msg).is_ok()
     }
@@ -264,6 +287,7 @@ impl Store {
                 parse_room_meta(&v).ok_or_else(|| corrupt(path, format!("bad meta of {room}")))?;
             let room: Arc<str> = room.into();
             let mut epoch: Arc<str> = epoch.into();
+            let bump_to: Option<Arc<str>> = (unclean && !sync).then(&mut new_epoch);
             // Newest first: the contiguous run ending at `last`, inside
             // the count and age bounds.
             let (lo, hi) = room_range(&room);
@@ -277,6 +301,12 @@ impl Store {
                     return Err(corrupt(path, format!("short message {room}#{seq}")));
                 }
                 let ts = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                if seq > last {
+                    // Written past the room's record (a batch whose record
+                    // update was lost cannot exist, but a stray key must
+                    // not hide the window).
+                    continue;
+                }
                 last_ts = last_ts.max(ts);
                 if seq != expect || entries.len() >= retention.size || ts < cutoff {
                     break;
@@ -290,19 +320,25 @@ impl Store {
                 {
                     return Err(corrupt(path, format!("bad message {room}#{seq}")));
                 }
-                let frame = crate::core::outq::text_frame(json);
+                let frame = match &bump_to {
+                    // Replayed under the room's new epoch, so a client's
+                    // position from these messages names the live epoch.
+                    Some(e) => crate::core::outq::text_frame(&with_epoch(json, e)),
+                    None => crate::core::outq::text_frame(json),
+                };
+                let header_len = crate::core::outq::header_len(frame.len());
                 entries.push(Entry {
                     seq,
                     ts,
-                    header_len: (frame.len() - json.len()) as u8,
+                    header_len,
                     frame,
                 });
                 expect = seq.saturating_sub(1);
             }
             entries.reverse();
             messages += entries.len();
-            if unclean && !sync {
-                epoch = new_epoch();
+            if let Some(e) = bump_to {
+                epoch = e;
                 bumped.push((room.clone(), room_meta(sync, &epoch, last)));
             }
             let first = entries.first().map_or(last + 1, |e| e.seq);
@@ -330,13 +366,14 @@ impl Store {
                  epoch (their clients reload instead of recovering a possible gap)"
             );
         }
-        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
-        for (room, v) in bumped {
-            b.insert(&rooms, room.as_bytes(), v);
+        if !bumped.is_empty() {
+            let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+            for (room, v) in bumped {
+                b.insert(&rooms, room.as_bytes(), v);
+            }
+            b.commit()
+                .map_err(|e| StoreError(format!("cannot write to history store: {e}")))?;
         }
-        b.insert(&meta, "state", "run");
-        b.commit()
-            .map_err(|e| StoreError(format!("cannot write to history store: {e}")))?;
         info!(
             path = %path.display(),
             rooms = loaded.len(),
@@ -364,7 +401,13 @@ impl Store {
         bus: Bus,
         failed: Arc<AtomicBool>,
     ) -> std::io::Result<(StoreHandle, JoinHandle<()>)> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        // From here until the orderly stop writes `clean`, a crash leaves
+        // `run` behind (written now, not at open: a start that fails before
+        // serving must not make the next start think it crashed).
+        let mut b = self.db.batch().durability(Some(PersistMode::SyncAll));
+        b.insert(&self.meta, "state", "run");
+        b.commit().map_err(std::io::Error::other)?;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_BOUND);
         let handle = StoreHandle { tx };
         let thread = std::thread::Builder::new()
             .name("corecast-store".into())
@@ -373,14 +416,23 @@ impl Store {
     }
 
     fn run(mut self, rx: Receiver<StoreMsg>, bus: Bus, failed_flag: Arc<AtomicBool>) {
+        let mut guard = ExitGuard {
+            flag: &failed_flag,
+            orderly: false,
+        };
         let sweep_every = Duration::from_millis((self.retention.ttl_ms / 4).clamp(1000, 60_000));
         let mut next_sweep = Instant::now() + sweep_every;
+        let mut sweep_queue: VecDeque<Arc<str>> = VecDeque::new();
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         let mut failed_rooms: HashSet<Arc<str>> = HashSet::new();
         let mut batch = Vec::with_capacity(1024);
         loop {
-            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            let timeout = if sweep_queue.is_empty() {
+                next_sweep.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
             let timeout = if unsynced {
                 timeout.min(ASYNC_SYNC_EVERY.saturating_sub(last_sync.elapsed()))
             } else {
@@ -401,7 +453,7 @@ impl Store {
                 }
             }
             if !batch.is_empty() {
-                let wrote = self.write_batch(&mut batch, &bus, &mut failed_rooms, &failed_flag);
+                let wrote = self.write_batch(&mut batch, &bus, &mut failed_rooms, guard.flag);
                 unsynced |= wrote;
             }
             if unsynced && (last_sync.elapsed() >= ASYNC_SYNC_EVERY || shutdown) {
@@ -413,8 +465,13 @@ impl Store {
                 last_sync = Instant::now();
             }
             if Instant::now() >= next_sweep {
-                self.sweep_ttl(&failed_flag);
+                if sweep_queue.is_empty() {
+                    sweep_queue.extend(self.state.keys().cloned());
+                }
                 next_sweep = Instant::now() + sweep_every;
+            }
+            if !sweep_queue.is_empty() {
+                self.sweep_step(&mut sweep_queue, &failed_flag);
             }
             if shutdown {
                 // Anything still queued (cores are gone by now) is written
@@ -431,6 +488,7 @@ impl Store {
                     Ok(()) => info!("history store closed cleanly"),
                     Err(e) => error!(error = %e, "history store: could not mark clean"),
                 }
+                guard.orderly = true;
                 return;
             }
         }
@@ -438,9 +496,12 @@ impl Store {
 
     /// Loads what the disk says of `room` (after a reset or for a room
     /// first seen since start).
-    fn disk_state(&self, room: &str) -> Option<RoomDisk> {
-        let meta = self.rooms.get(room).ok()??;
-        let (sync, epoch, last) = parse_room_meta(&meta)?;
+    fn disk_state(&self, room: &str) -> Result<Option<RoomDisk>, String> {
+        let Some(meta) = self.rooms.get(room).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let (sync, epoch, last) =
+            parse_room_meta(&meta).ok_or_else(|| format!("bad record of room {room}"))?;
         let (lo, hi) = room_range(room);
         let first = self
             .msgs
@@ -449,13 +510,13 @@ impl Store {
             .and_then(|g| g.key().ok())
             .and_then(|k| seq_of_key(&k))
             .unwrap_or(last + 1);
-        Some(RoomDisk {
+        Ok(Some(RoomDisk {
             epoch: epoch.into(),
             first,
             last,
             last_ts: now_unix_ms(),
             sync,
-        })
+        }))
     }
 
     /// Writes one batch; returns whether it was written without fsync
@@ -473,6 +534,7 @@ impl Store {
         let mut confirm: HashMap<usize, HashMap<Arc<str>, u64>> = HashMap::new();
         let mut any_sync = false;
         let mut any = false;
+        let mut refused: Vec<(usize, Arc<str>)> = Vec::new();
         for msg in batch.drain(..) {
             let a = match msg {
                 StoreMsg::Append(a) => a,
@@ -487,7 +549,17 @@ impl Store {
                 continue;
             }
             if !self.state.contains_key(&a.room) {
-                let disk = self.disk_state(&a.room);
+                let disk = match self.disk_state(&a.room) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        error!(room = %a.room, error = %e, "history store: cannot read room record");
+                        failed_flag.store(true, Ordering::Relaxed);
+                        if a.sync && failed_rooms.insert(a.room.clone()) {
+                            bus.send(a.home, vec![BusMsg::StoreFailed { room: a.room }]);
+                        }
+                        continue;
+                    }
+                };
                 self.state.insert(
                     a.room.clone(),
                     disk.unwrap_or(RoomDisk {
@@ -500,7 +572,16 @@ impl Store {
                 );
             }
             let st = self.state.get_mut(&a.room).expect("inserted above");
-            if *st.epoch != *a.epoch || a.seq <= st.last {
+            if *st.epoch == *a.epoch && a.seq <= st.last {
+                // A seq the store already holds under the same epoch: never
+                // overwrite history; fail the append instead.
+                error!(room = %a.room, seq = a.seq, last = st.last, "history store: seq already stored; append refused");
+                if a.sync {
+                    refused.push((a.home, a.room.clone()));
+                }
+                continue;
+            }
+            if *st.epoch != *a.epoch {
                 // The room was forgotten and came back under a new epoch:
                 // its old messages no longer belong to any position.
                 for seq in st.first..=st.last {
@@ -538,11 +619,18 @@ impl Store {
                 *upto = (*upto).max(a.seq);
             }
         }
+        for (home, room) in refused {
+            if failed_rooms.insert(room.clone()) {
+                bus.send(home, vec![BusMsg::StoreFailed { room }]);
+            }
+        }
         if !any {
             return false;
         }
         for room in &dirty {
-            let st = &self.state[room];
+            let Some(st) = self.state.get(room) else {
+                continue;
+            };
             b.insert(
                 &self.rooms,
                 room.as_bytes(),
@@ -584,17 +672,26 @@ impl Store {
         }
     }
 
-    /// Deletes messages older than the age bound, and forgets rooms whose
-    /// newest message expired (their seq and epoch go with them, as a
-    /// room forgotten in memory starts a new epoch).
-    fn sweep_ttl(&mut self, failed_flag: &AtomicBool) {
+    /// One step of the age sweep: up to [`SWEEP_ROOMS_PER_PASS`] rooms from
+    /// the sweep queue lose their messages older than the age bound, and
+    /// rooms whose newest message expired are forgotten (their seq and
+    /// epoch go with them, as a room forgotten in memory starts a new
+    /// epoch). Small steps between batches keep appends from waiting long;
+    /// state changes apply only once the deletions are committed.
+    fn sweep_step(&mut self, queue: &mut VecDeque<Arc<str>>, failed_flag: &AtomicBool) {
         let cutoff = now_unix_ms().saturating_sub(self.retention.ttl_ms);
         let mut b = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut firsts = Vec::new();
         let mut forget = Vec::new();
         let mut deleted = 0usize;
-        for (room, st) in self.state.iter_mut() {
-            let (lo, hi) = room_range(room);
-            for g in self.msgs.range(lo..hi) {
+        for _ in 0..SWEEP_ROOMS_PER_PASS {
+            let Some(room) = queue.pop_front() else { break };
+            let Some(st) = self.state.get(&room) else {
+                continue;
+            };
+            let (_, hi) = room_range(&room);
+            let mut first = st.first;
+            for g in self.msgs.range(msg_key(&room, st.first)..hi) {
                 let Ok((k, v)) = g.into_inner() else { break };
                 let ts = v
                     .get(..8)
@@ -603,32 +700,75 @@ impl Store {
                     break;
                 }
                 if let Some(seq) = seq_of_key(&k) {
-                    st.first = st.first.max(seq + 1);
+                    first = first.max(seq + 1);
                 }
                 b.remove(&self.msgs, k);
                 deleted += 1;
             }
-            if st.last_ts < cutoff && st.first > st.last {
-                forget.push(room.clone());
+            if st.last_ts < cutoff && first > st.last {
+                forget.push(room);
+            } else if first != st.first {
+                firsts.push((room, first));
             }
         }
         for room in &forget {
             b.remove(&self.rooms, room.as_bytes());
-            self.state.remove(room);
         }
         if deleted == 0 && forget.is_empty() {
             return;
         }
         match b.commit() {
-            Ok(()) => info!(
-                deleted,
-                forgotten = forget.len(),
-                "history store: age sweep"
-            ),
+            Ok(()) => {
+                for (room, first) in firsts {
+                    if let Some(st) = self.state.get_mut(&room) {
+                        st.first = st.first.max(first);
+                    }
+                }
+                for room in &forget {
+                    self.state.remove(room);
+                }
+                debug!(
+                    deleted,
+                    forgotten = forget.len(),
+                    "history store: age sweep step"
+                );
+            }
             Err(e) => {
                 error!(error = %e, "history store: age sweep failed");
                 failed_flag.store(true, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// `json` (a `message` event of ours) with its `epoch` field replaced.
+fn with_epoch(json: &[u8], epoch: &str) -> Vec<u8> {
+    const KEY: &[u8] = b",\"epoch\":\"";
+    let Some(i) = memchr::memmem::find(json, KEY).map(|i| i + KEY.len()) else {
+        return json.to_vec();
+    };
+    let Some(end) = memchr::memchr(b'"', &json[i..]).map(|e| i + e) else {
+        return json.to_vec();
+    };
+    let mut out = Vec::with_capacity(json.len() + epoch.len());
+    out.extend_from_slice(&json[..i]);
+    out.extend_from_slice(epoch.as_bytes());
+    out.extend_from_slice(&json[end..]);
+    out
+}
+
+/// Sets the store's failure flag if the store thread ends without an
+/// orderly stop (a panic): `/health` must not say ok while every sync
+/// publish fails.
+struct ExitGuard<'a> {
+    flag: &'a AtomicBool,
+    orderly: bool,
+}
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        if !self.orderly {
+            self.flag.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -644,18 +644,37 @@ fn missing_fields_are_named_and_answered_with_the_id() {
 }
 
 #[test]
-fn commands_not_offered_yet_are_unsupported_and_harmless() {
+fn bad_typing_presence_direct_and_members_commands_are_errors_and_harmless() {
     let server = TestServer::start(|_| {});
-    let (mut c, w) = Client::connect_welcome(&server.url("/ws"));
+    let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
     join_fresh(&mut c, "r");
-    let me = w["user"].as_str().unwrap();
-    for cmd in [
-        json!({"type":"typing","id":"t","room":"r","typing":true}),
-        json!({"type":"presence","id":"p","status":"away"}),
-        json!({"type":"direct","id":"d","to":me,"data":{"hi":1}}),
-        json!({"type":"members","id":"m","room":"r"}),
+    for (cmd, code) in [
+        (
+            json!({"type":"typing","id":"t","room":"r","typing":"yes"}),
+            "bad_json",
+        ),
+        (
+            json!({"type":"typing","id":"t","room":"other","typing":true}),
+            "not_member",
+        ),
+        (
+            json!({"type":"presence","id":"p","status":"asleep"}),
+            "bad_json",
+        ),
+        (
+            json!({"type":"direct","id":"d","data":{"hi":1}}),
+            "missing_field",
+        ),
+        (
+            json!({"type":"members","id":"m","room":"other"}),
+            "not_member",
+        ),
+        (
+            json!({"type":"members","id":"m","room":"bad room"}),
+            "invalid_room",
+        ),
     ] {
-        expect_error_reply(&mut c, cmd, "unsupported");
+        expect_error_reply(&mut c, cmd, code);
     }
     assert_open(&mut c);
     // Still a working member of its room.

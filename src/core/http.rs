@@ -21,6 +21,12 @@ pub enum Route {
     Echo,
     /// `GET /health`.
     Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `/api/...`.
+    Api,
+    /// `GET /sse`.
+    Sse,
     /// Anything else.
     NotFound,
 }
@@ -42,6 +48,12 @@ pub struct Request {
     pub ws_version: Option<String>,
     /// Token of `Authorization: Bearer <token>`.
     pub bearer: Option<String>,
+    /// `Content-Length`.
+    pub content_length: Option<usize>,
+    /// `Transfer-Encoding` other than identity (not supported: 411).
+    pub chunked: bool,
+    /// `Last-Event-ID` (SSE resume).
+    pub last_event_id: Option<String>,
 }
 
 impl Request {
@@ -51,6 +63,9 @@ impl Request {
             "/ws" => Route::Ws,
             "/echo" => Route::Echo,
             "/health" => Route::Health,
+            "/metrics" => Route::Metrics,
+            "/sse" => Route::Sse,
+            p if p.starts_with("/api/") => Route::Api,
             _ => Route::NotFound,
         }
     }
@@ -112,6 +127,15 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             out.ws_key = Some(value.to_string());
         } else if h.name.eq_ignore_ascii_case("sec-websocket-version") {
             out.ws_version = Some(value.to_string());
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            match value.parse::<usize>() {
+                Ok(n) if out.content_length.is_none_or(|m| m == n) => out.content_length = Some(n),
+                _ => return Err(HeadError::Malformed("bad Content-Length".into())),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            out.chunked |= !value.eq_ignore_ascii_case("identity");
+        } else if h.name.eq_ignore_ascii_case("last-event-id") {
+            out.last_event_id = Some(value.to_string());
         } else if h.name.eq_ignore_ascii_case("authorization")
             && let Some((scheme, token)) = value.split_once(' ')
             && scheme.eq_ignore_ascii_case("bearer")
@@ -133,12 +157,29 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
+}
+
+/// A complete response with a body of `content_type`; the connection
+/// closes after it.
+pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let mut out = String::with_capacity(160 + body.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    out.push_str(body);
+    out.into_bytes()
 }
 
 /// A complete response with a JSON body; the connection closes after it.

@@ -10,10 +10,13 @@
 //! not share connections with other threads: everything crossing cores goes
 //! over the bus.
 
+mod api;
 pub mod http;
 pub mod listener;
 pub mod outq;
+mod social;
 pub mod sockio;
+mod sse;
 
 use crate::auth::{Authenticator, Identity, unix_now};
 use crate::bus::{Bus, BusMsg, ConnRef, Inbox, Outbox, ReplyTo, home_core};
@@ -21,11 +24,12 @@ use crate::config::{Config, Durability};
 use crate::history::{Entry, Retention, RoomModes};
 use crate::proto::ErrorCode;
 use crate::proto::close;
-use crate::proto::command::CommandParser;
+use crate::proto::command::{CommandParser, Id};
 use crate::proto::event::{self, Event};
+use crate::proto::ratelimit::{RateParams, TokenBucket, Verdict};
 use crate::proto::session::{Ctx, Output, Session, SessionConfig};
 use crate::rooms::{HomeRooms, LocalRooms, Member, Pending};
-use crate::store::{Append, LoadedRoom, StoreHandle, StoreMsg};
+use crate::store::{Append, LoadedRoom, QueueError, StoreHandle, StoreMsg};
 use crate::timer::TimerWheel;
 use bytes::Bytes;
 use http::{Route, check_upgrade, error_response, json_response, switching_protocols};
@@ -149,6 +153,12 @@ impl Shared {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Monotonic microseconds since the server started (the same clock on
+    /// every core).
+    pub fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
     /// Whether every core finished a loop iteration within the last second.
     pub fn all_cores_alive(&self) -> bool {
         let now = self.now_ms();
@@ -176,6 +186,10 @@ enum TimerKind {
     AcceptRetry,
     /// Forget idle home rooms.
     Sweep,
+    /// Once a second: rates, typing expiry, late gatherings.
+    Tick,
+    /// A user's presence grace ended (key = slot in `grace_timers`).
+    PresenceGrace,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -188,8 +202,10 @@ struct Timer {
 /// A connection before the WebSocket upgrade (or a plain HTTP exchange).
 #[derive(Debug, Default)]
 struct HttpConn {
-    /// Request head bytes read so far.
+    /// Request head bytes read so far (then the body).
     buf: Vec<u8>,
+    /// A parsed head waiting for its body of this many bytes.
+    pending: Option<(Box<http::Request>, usize)>,
     /// Response being written.
     out: Vec<u8>,
     written: usize,
@@ -206,6 +222,8 @@ enum Then {
     Reading,
     /// Close after the response.
     Close,
+    /// The request waits for an answer over the bus (HTTP API).
+    Waiting,
     /// Become a WebSocket after the 101.
     Upgrade(Box<Upgrade>),
 }
@@ -222,6 +240,10 @@ struct WsConn {
     ctx: WebSocketContext,
     /// Protocol state (`None` on `/echo`).
     session: Option<Session>,
+    /// The user this connection is counted for at the user's home core.
+    user: Option<Arc<str>>,
+    /// Last presence event this connection was given (dedup per event).
+    stamp: u64,
     last_rx_ms: u64,
     /// In the core's urgent flush list (replies: flushed this iteration).
     urgent: bool,
@@ -250,6 +272,7 @@ struct WsConn {
 enum State {
     Http(Box<HttpConn>),
     Ws(Box<WsConn>),
+    Sse(Box<sse::SseConn>),
 }
 
 struct Conn {
@@ -306,6 +329,28 @@ pub struct Core {
     outbox: Outbox,
     /// The durable store (absent when every room is memory-only).
     store: Option<StoreHandle>,
+    /// Users whose home is this core.
+    users: crate::presence::UserHomes,
+    /// This core's connections per user (direct messages, notifications).
+    local_users: std::collections::HashMap<Arc<str>, Vec<usize>>,
+    /// Pending presence grace timers: (user, grace generation).
+    grace_timers: Slab<(Arc<str>, u32)>,
+    /// Counts being gathered here.
+    aggs: std::collections::HashMap<u64, social::Agg>,
+    next_token: u64,
+    /// Home rooms with someone typing.
+    typing_rooms: std::collections::HashSet<Arc<str>>,
+    presence_stamp: u64,
+    key_scratch: Vec<usize>,
+    /// Counters (merged at scrape time).
+    metrics: crate::metrics::CoreMetrics,
+    /// (messages in, out) at the last tick, and the rates over it.
+    rates: (u64, u64, u64, u64),
+    /// SSE streams open here.
+    sse_count: usize,
+    /// The HTTP API's bucket on this core.
+    api_limiter: TokenBucket,
+    api_rate: RateParams,
     parser: CommandParser,
     outputs: Vec<Output>,
     expired: Vec<Timer>,
@@ -351,6 +396,11 @@ impl Core {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = init.shared.now_ms();
         let cores = init.bus.cores();
+        let api_rate = RateParams {
+            per_sec: init.shared.config.api.rate_per_sec,
+            burst: init.shared.config.api.rate_burst,
+            kick_after_ms: u64::MAX,
+        };
         let mut core = Core {
             id: init.id,
             poll: init.poll,
@@ -374,6 +424,19 @@ impl Core {
             bus: init.bus,
             outbox: Outbox::new(cores),
             store: init.store,
+            users: crate::presence::UserHomes::new(cores),
+            local_users: std::collections::HashMap::new(),
+            grace_timers: Slab::new(),
+            aggs: std::collections::HashMap::new(),
+            next_token: 0,
+            typing_rooms: std::collections::HashSet::new(),
+            presence_stamp: 0,
+            key_scratch: Vec::new(),
+            metrics: crate::metrics::CoreMetrics::default(),
+            rates: (0, 0, 0, 0),
+            sse_count: 0,
+            api_limiter: TokenBucket::new(&api_rate, now),
+            api_rate,
             parser: CommandParser::new(),
             outputs: Vec::new(),
             expired: Vec::new(),
@@ -410,6 +473,14 @@ impl Core {
                 kind: TimerKind::Sweep,
             },
         );
+        core.wheel.insert(
+            now + 1000,
+            Timer {
+                key: 0,
+                generation: 0,
+                kind: TimerKind::Tick,
+            },
+        );
         Ok(core)
     }
 
@@ -425,6 +496,7 @@ impl Core {
                 warn!(core = self.id, error = %e, "poll failed; core exits");
                 break;
             }
+            let work_start = Instant::now();
             self.now_ms = self.shared.now_ms();
             self.unix_s = unix_now();
             self.had_input = !self.runnable.is_empty();
@@ -435,6 +507,10 @@ impl Core {
             self.flush_pending();
             self.outbox.flush(&self.bus);
             debug_assert!(self.local.is_empty() && self.to_close.is_empty());
+            if !events.is_empty() {
+                let us = work_start.elapsed().as_micros() as u64;
+                crate::metrics::CoreMetrics::record(&mut self.metrics.loop_us, us);
+            }
             let stats = &self.shared.cores[self.id];
             stats.last_loop_ms.store(self.now_ms, Ordering::Relaxed);
             stats.connections.store(self.conns.len(), Ordering::Relaxed);
@@ -601,6 +677,14 @@ impl Core {
                     self.ws_read(key, !hangup);
                 }
             }
+            State::Sse(_) => {
+                if writable {
+                    self.sse_write(key);
+                }
+                if readable {
+                    self.sse_read(key);
+                }
+            }
         }
         self.settle();
     }
@@ -645,11 +729,19 @@ impl Core {
                         continue; // closing after a response (or lingering): discard
                     }
                     h.buf.extend_from_slice(&self.read_buf[..n]);
+                    if let Some((_, need)) = &h.pending {
+                        if h.buf.len() >= *need {
+                            let (req, _) = h.pending.take().expect("checked");
+                            let body = std::mem::take(&mut h.buf);
+                            return self.handle_request(key, *req, body);
+                        }
+                        continue;
+                    }
                     match http::parse_head(&h.buf) {
                         Ok(Some((req, len))) if len <= http::MAX_HEAD => {
                             let leftover = h.buf[len..].to_vec();
                             h.buf = Vec::new();
-                            return self.handle_request(key, req, leftover);
+                            return self.head_parsed(key, req, leftover);
                         }
                         Ok(None) if h.buf.len() < http::MAX_HEAD => {}
                         Ok(_) | Err(http::HeadError::TooLarge) => {
@@ -675,11 +767,64 @@ impl Core {
         }
     }
 
+    /// A request head arrived: answer at once, or wait for its body.
+    fn head_parsed(&mut self, key: usize, req: http::Request, rest: Vec<u8>) {
+        if req.chunked {
+            return self.http_error(
+                key,
+                411,
+                "bad_request",
+                "chunked bodies are not supported; send Content-Length",
+            );
+        }
+        let need = req.content_length.unwrap_or(0);
+        if need > self.shared.config.api.max_body {
+            return self.http_error(
+                key,
+                413,
+                "too_large",
+                "request body too large (api.max_body)",
+            );
+        }
+        if rest.len() >= need || req.route() != Route::Api {
+            return self.handle_request(key, req, rest);
+        }
+        if let Some(Conn {
+            state: State::Http(h),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            h.buf = rest;
+            h.pending = Some((Box::new(req), need));
+        }
+    }
+
     fn handle_request(&mut self, key: usize, req: http::Request, leftover: Vec<u8>) {
         let route = req.route();
         let get = req.method == "GET";
+        if route == Route::Api {
+            let need = req.content_length.unwrap_or(0).min(leftover.len());
+            return self.api_request(key, &req, &leftover[..need]);
+        }
+        if route == Route::Metrics && get {
+            let Some(generation) = self.conns.get(key).map(|c| c.generation) else {
+                return;
+            };
+            self.wait(key);
+            let conn = ConnRef {
+                key: key as u32,
+                generation,
+            };
+            return self.gather_stats(conn, true);
+        }
+        if route == Route::Sse && get {
+            return self.sse_open(key, &req);
+        }
         let resp = match route {
-            Route::NotFound => error_response(404, "not_found", "no such route", &[]),
+            Route::NotFound | Route::Api => {
+                self.metrics.http_error(404);
+                error_response(404, "not_found", "no such route", &[])
+            }
             Route::Echo if !self.shared.config.echo => error_response(
                 404,
                 "not_found",
@@ -687,8 +832,11 @@ impl Core {
                 &[],
             ),
             Route::Health if get || req.method == "HEAD" => self.health_response(),
-            _ if !get => error_response(405, "method_not_allowed", "use GET", &[("allow", "GET")]),
-            Route::Health => unreachable!("handled above"),
+            _ if !get => {
+                self.metrics.http_error(405);
+                error_response(405, "method_not_allowed", "use GET", &[("allow", "GET")])
+            }
+            Route::Health | Route::Metrics | Route::Sse => unreachable!("handled above"),
             Route::Ws | Route::Echo => {
                 match self.upgrade_request(&req, route == Route::Echo, leftover) {
                     Ok(up) => {
@@ -704,9 +852,18 @@ impl Core {
                             let ctx = self.session_ctx();
                             http::push_text_frame(&mut resp, s.welcome(None, &ctx).as_bytes());
                         }
+                        self.metrics.upgrades += 1;
                         return self.respond(key, resp, Then::Upgrade(up));
                     }
-                    Err(resp) => resp,
+                    Err(resp) => {
+                        if let Some(status) = std::str::from_utf8(&resp[9..12])
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                        {
+                            self.metrics.http_error(status);
+                        }
+                        resp
+                    }
                 }
             }
         };
@@ -780,9 +937,27 @@ impl Core {
             Some(_) => "ok",
         };
         let ok = self.shared.all_cores_alive() && store != "failed";
+        let now = self.shared.now_ms();
+        let mut per_core = String::from("[");
+        for (i, c) in self.shared.cores.iter().enumerate() {
+            if i > 0 {
+                per_core.push(',');
+            }
+            let ago = now.saturating_sub(c.last_loop_ms.load(Ordering::Relaxed));
+            per_core.push_str(
+                &Event::object()
+                    .num("core", i as u64)
+                    .bool("alive", ago <= 1000)
+                    .num("last_loop_ms_ago", ago)
+                    .num("connections", c.connections.load(Ordering::Relaxed) as u64)
+                    .finish(),
+            );
+        }
+        per_core.push(']');
         let body = Event::new("health")
             .str("status", if ok { "ok" } else { "unavailable" })
             .num("cores", self.shared.cores.len() as u64)
+            .raw("per_core", &per_core)
             .str("store", store)
             .num(
                 "connections",
@@ -827,7 +1002,7 @@ impl Core {
         h.out = Vec::new();
         match std::mem::replace(&mut h.then, Then::Close) {
             Then::Upgrade(up) => self.upgrade(key, *up),
-            Then::Close | Then::Reading => {
+            Then::Close | Then::Reading | Then::Waiting => {
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                 h.lingering = true;
             }
@@ -868,12 +1043,17 @@ impl Core {
             expiry_armed: None,
             pending: Vec::new(),
             out: OutQueue::default(),
+            user: None,
+            stamp: 0,
         }));
         let hb = self.shared.config.heartbeat * 1000;
         self.timer(self.now_ms + hb, key, generation, TimerKind::Heartbeat);
         match authenticated {
             // The welcome went out with the 101.
-            Some(true) => self.arm_expiry(key, generation),
+            Some(true) => {
+                self.arm_expiry(key, generation);
+                self.count_user(key);
+            }
             Some(false) => {
                 let deadline = self.now_ms + self.shared.config.auth.timeout * 1000;
                 self.timer(deadline, key, generation, TimerKind::Auth);
@@ -1252,6 +1432,7 @@ impl Core {
             core: self.id,
         };
         session.handle_text(text.as_bytes(), &mut self.parser, &ctx, &mut self.outputs);
+        self.metrics.messages_in += 1;
         self.apply_outputs(key, generation);
     }
 
@@ -1274,7 +1455,34 @@ impl Core {
             match out {
                 Output::Frame(f) => self.reply(key, &f),
                 Output::Close { code, reason } => self.close_ws(key, code, reason),
-                Output::Authenticated => self.arm_expiry(key, generation),
+                Output::Authenticated => {
+                    self.arm_expiry(key, generation);
+                    self.count_user(key);
+                }
+                Output::Error(code) => self.metrics.error(code),
+                Output::Typing { room, typing } => {
+                    if let Some((user, _)) = self.identity_of(key) {
+                        let home = home_core(&room, cores);
+                        self.route(home, BusMsg::Typing { room, user, typing });
+                    }
+                }
+                Output::Presence { status } => {
+                    if let Some((user, _)) = self.identity_of(key) {
+                        let home = home_core(&user, cores);
+                        self.route(home, BusMsg::SetStatus { user, status });
+                    }
+                }
+                Output::Direct { to, id, event } => self.send_direct(conn_ref, to, id, event),
+                Output::Members { room, id } => {
+                    let home = home_core(&room, cores);
+                    let answer = crate::bus::Answer::Ws(ReplyTo {
+                        core: self.id,
+                        conn: conn_ref,
+                        id: None,
+                        http: false,
+                    });
+                    self.route(home, BusMsg::Members { room, id, answer });
+                }
                 Output::Join {
                     room,
                     id,
@@ -1307,6 +1515,12 @@ impl Core {
                 Output::Leave { room, slot } => {
                     self.rooms.remove(&room, slot);
                     if let Some((user, _)) = self.identity_of(key) {
+                        let msg = BusMsg::UserRoom {
+                            user: user.clone(),
+                            room: room.clone(),
+                            joined: false,
+                        };
+                        self.route(home_core(&user, cores), msg);
                         let home = home_core(&room, cores);
                         let core = self.id;
                         self.route(home, BusMsg::Leave { room, core, user });
@@ -1323,6 +1537,7 @@ impl Core {
                         core: self.id,
                         conn: conn_ref,
                         id,
+                        http: false,
                     };
                     let msg = BusMsg::History {
                         room,
@@ -1338,6 +1553,7 @@ impl Core {
                         core: self.id,
                         conn: conn_ref,
                         id,
+                        http: false,
                     });
                     self.route(home, BusMsg::Publish { room, reply, tail });
                 }
@@ -1437,12 +1653,13 @@ impl Core {
         cores
     }
 
-    fn deliver_to_room(&mut self, room: &Arc<str>, frame: Bytes) {
+    fn deliver_to_room(&mut self, room: &Arc<str>, frame: Bytes, at_us: u64) {
         let cores = self.interested_cores(room);
         for &c in &cores {
             let msg = BusMsg::Deliver {
                 room: room.clone(),
                 frame: frame.clone(),
+                at_us,
             };
             self.route(c, msg);
         }
@@ -1451,7 +1668,13 @@ impl Core {
 
     fn handle_bus(&mut self, msg: BusMsg) {
         match msg {
-            BusMsg::Deliver { room, frame } => self.deliver_local(&room, &frame),
+            BusMsg::Deliver { room, frame, at_us } => {
+                if at_us > 0 {
+                    let us = self.shared.now_us().saturating_sub(at_us);
+                    crate::metrics::CoreMetrics::record(&mut self.metrics.delivery_us, us);
+                }
+                self.deliver_local(&room, &frame)
+            }
             BusMsg::Publish { room, reply, tail } => self.publish(room, reply, tail),
             BusMsg::Stored { room, upto } => self.stored(&room, upto),
             BusMsg::StoreFailed { room } => self.store_failed(room),
@@ -1516,7 +1739,7 @@ impl Core {
                 };
                 self.route(core, reply);
                 if let Some(joined) = joined {
-                    self.deliver_to_room(&room, joined);
+                    self.deliver_to_room(&room, joined, 0);
                 }
             }
             BusMsg::JoinAck {
@@ -1562,10 +1785,50 @@ impl Core {
             }
             BusMsg::Leave { room, core, user } => {
                 if let Some(name) = self.home.leave(&room, core, &user, self.now_ms) {
+                    let was_typing = self
+                        .home
+                        .get_mut(&room)
+                        .is_some_and(|r| r.typing.remove(&user).is_some());
+                    if was_typing {
+                        self.send_typing(room.clone(), user.clone(), false);
+                    }
                     let left = event::membership("left", &room, &user, name.as_deref());
-                    self.deliver_to_room(&room, outq::text_frame(left.as_bytes()));
+                    self.deliver_to_room(&room, outq::text_frame(left.as_bytes()), 0);
                 }
             }
+            BusMsg::UserConnected { user, name, core } => self.on_user_connected(user, name, core),
+            BusMsg::UserGone { user, core, rooms } => self.on_user_gone(user, core, rooms),
+            BusMsg::UserRoom { user, room, joined } => self.on_user_room(user, room, joined),
+            BusMsg::SetStatus { user, status } => self.on_set_status(user, status),
+            BusMsg::Presence {
+                user,
+                status,
+                rooms,
+                frame,
+            } => self.on_presence(&user, status, &rooms, &frame),
+            BusMsg::RoomStatus { room, user, status } => self.on_room_status(&room, &user, status),
+            BusMsg::Typing { room, user, typing } => self.on_typing(room, user, typing),
+            BusMsg::DeliverExcept {
+                room,
+                except,
+                frame,
+            } => self.deliver_except(&room, &except, &frame),
+            BusMsg::Members { room, id, answer } => self.on_members(room, id, answer),
+            BusMsg::ToUser { user, frame, agg } => self.on_to_user(user, frame, agg),
+            BusMsg::UserDeliver { user, frame, agg } => self.on_user_deliver(&user, frame, agg),
+            BusMsg::Broadcast { frame, agg } => self.on_broadcast(frame, agg),
+            BusMsg::AggExpect { token, parts } => self.on_agg_expect(token, parts),
+            BusMsg::AggDone { token, delivered } => self.on_agg_done(token, delivered),
+            BusMsg::StatsRequest { agg } => {
+                let snapshot = Box::new(self.snapshot());
+                let msg = BusMsg::StatsReply {
+                    token: agg.token,
+                    snapshot,
+                };
+                self.route(agg.core, msg);
+            }
+            BusMsg::StatsReply { token, snapshot } => self.on_stats_reply(token, *snapshot),
+            BusMsg::HttpReply { conn, status, body } => self.http_answer(conn, status, body),
             BusMsg::Shutdown => self.start_drain(),
         }
     }
@@ -1576,12 +1839,14 @@ impl Core {
     /// queue until the store reports it durable ([`Core::stored`]).
     fn publish(&mut self, room: Arc<str>, reply: Option<ReplyTo>, tail: String) {
         let ts = self.unix_ms();
+        let at_us = self.shared.now_us().max(1);
         let retention = self.home.retention;
         let rng = &mut self.rng;
         let r = self
             .home
             .sequence(&room, self.now_ms, || Self::new_epoch(rng));
         let (seq, epoch) = (r.seq, r.epoch.clone());
+        self.metrics.published += 1;
         let json = event::message(&room, seq, &epoch, ts, &tail);
         let frame = outq::text_frame(json.as_bytes());
         let header_len = (frame.len() - json.len()) as u8;
@@ -1596,8 +1861,8 @@ impl Core {
             (mode, Some(store)) => (mode, Some(store)),
         };
         let sync = mode == Durability::Sync;
-        let sent = store.is_some_and(|store| {
-            store.send(StoreMsg::Append(Append {
+        let sent = store.map(|store| {
+            store.try_send(StoreMsg::Append(Append {
                 home: self.id,
                 room: room.clone(),
                 epoch,
@@ -1608,8 +1873,27 @@ impl Core {
                 sync,
             }))
         });
+        if sent == Some(Err(QueueError::Full)) {
+            // The disk is not keeping up: refuse rather than queue without
+            // bound. Nothing was delivered; the seq is given back.
+            r.seq -= 1;
+            self.metrics.published -= 1;
+            if let Some(reply) = reply {
+                self.refuse_publish(
+                    reply,
+                    ErrorCode::Overloaded,
+                    "history store is behind; retry",
+                );
+            }
+            return;
+        }
+        let sent = sent.is_none_or(|r| r.is_ok());
         if sync {
-            r.pending.push_back(Pending { entry, reply });
+            r.pending.push_back(Pending {
+                entry,
+                reply,
+                at_us,
+            });
             if !sent {
                 self.store_failed(room);
             }
@@ -1618,13 +1902,28 @@ impl Core {
                 warn!(room = %room, "history store is gone: message kept in memory only");
             }
             r.history.push(entry, &retention, ts);
-            self.deliver_to_room(&room, frame);
+            self.deliver_to_room(&room, frame, at_us);
             self.send_ack(reply, &room, seq, ts);
         }
     }
 
     fn send_ack(&mut self, reply: Option<ReplyTo>, room: &str, seq: u64, ts: u64) {
         let Some(reply) = reply else { return };
+        if reply.http {
+            let epoch = self.home.get(room).map(|r| r.epoch.clone());
+            let body = Event::object()
+                .str("room", room)
+                .num("seq", seq)
+                .str("epoch", epoch.as_deref().unwrap_or(""))
+                .num("ts", ts)
+                .finish();
+            let msg = BusMsg::HttpReply {
+                conn: reply.conn,
+                status: 200,
+                body,
+            };
+            return self.route(reply.core, msg);
+        }
         let ack = Event::new("ack")
             .id(reply.id.as_ref())
             .str("room", room)
@@ -1652,7 +1951,7 @@ impl Core {
             let p = r.pending.pop_front().expect("checked");
             let (seq, ts, frame) = (p.entry.seq, p.entry.ts, p.entry.frame.clone());
             r.history.push(p.entry, &retention, now);
-            self.deliver_to_room(room, frame);
+            self.deliver_to_room(room, frame, p.at_us);
             self.send_ack(p.reply, room, seq, ts);
         }
     }
@@ -1667,23 +1966,47 @@ impl Core {
         };
         let failed: Vec<Pending> = r.pending.drain(..).collect();
         r.seq -= failed.len() as u64;
+        // A failed batch may still have reached the disk (a write that
+        // succeeded before its fsync failed) and come back at the next
+        // start under the old epoch: the seqs handed out from now on must
+        // not be mistaken for those, so the room moves to a new epoch.
+        r.epoch = Self::new_epoch(&mut self.rng);
         if let Some(store) = &self.store {
             store.send(StoreMsg::Reset { room: room.clone() });
         }
         warn!(room = %room, messages = failed.len(), "publish failed: history store write error");
         for p in failed {
             let Some(reply) = p.reply else { continue };
-            let err = event::error(
-                reply.id.as_ref(),
+            self.refuse_publish(
+                reply,
                 ErrorCode::Internal,
                 "message could not be stored; not delivered",
             );
-            let msg = BusMsg::Reply {
-                conn: reply.conn,
-                frame: outq::text_frame(err.as_bytes()),
-            };
-            self.route(reply.core, msg);
         }
+    }
+
+    /// Answers a publish that was not delivered: `error` event, or HTTP
+    /// 500/503 for the API.
+    fn refuse_publish(&mut self, reply: ReplyTo, code: ErrorCode, message: &str) {
+        if reply.http {
+            let status = if code == ErrorCode::Overloaded {
+                503
+            } else {
+                500
+            };
+            let msg = BusMsg::HttpReply {
+                conn: reply.conn,
+                status,
+                body: social::error_body(code.as_str(), message),
+            };
+            return self.route(reply.core, msg);
+        }
+        let err = event::error(reply.id.as_ref(), code, message);
+        let msg = BusMsg::Reply {
+            conn: reply.conn,
+            frame: outq::text_frame(err.as_bytes()),
+        };
+        self.route(reply.core, msg);
     }
 
     fn join_acked(
@@ -1696,6 +2019,13 @@ impl Core {
         rejoin: bool,
     ) {
         let key = conn.key as usize;
+        if matches!(
+            self.conns.get(key),
+            Some(Conn { generation, state: State::Sse(_), .. }) if *generation == conn.generation
+        ) {
+            self.sse_join_acked(key, &room, replay, &frame);
+            return;
+        }
         let member = match self.conns.get_mut(key) {
             Some(Conn {
                 generation,
@@ -1715,10 +2045,21 @@ impl Core {
         };
         let slot = (!rejoin).then(|| self.rooms.add(&room, key));
         if let Some(s) = ws.session.as_mut() {
-            s.join_done(room, slot);
+            s.join_done(room.clone(), slot);
         }
         if std::mem::take(&mut ws.blocked) {
             self.runnable.push((key, conn.generation));
+        }
+        if !rejoin {
+            let home = home_core(&user, self.bus.cores());
+            self.route(
+                home,
+                BusMsg::UserRoom {
+                    user,
+                    room,
+                    joined: true,
+                },
+            );
         }
         // Missed messages first (a replay that passes the backlog bound
         // closes the connection with 4009, like any slow consumer), then
@@ -1733,8 +2074,14 @@ impl Core {
         let Some(members) = self.rooms.members(room) else {
             return;
         };
+        self.metrics.messages_out += members.len() as u64;
+        let mut sse = Vec::new();
         for (_, &key) in members.iter() {
             if let Some(conn) = self.conns.get_mut(key as usize) {
+                if matches!(conn.state, State::Sse(_)) {
+                    sse.push(key as usize);
+                    continue;
+                }
                 queue_ws(
                     conn,
                     key as usize,
@@ -1745,6 +2092,10 @@ impl Core {
                     &mut self.to_close,
                 );
             }
+        }
+        for key in sse {
+            self.sse_push(key, frame);
+            self.sse_write(key);
         }
     }
 
@@ -1774,6 +2125,11 @@ impl Core {
                 self.accept_paused = false;
                 return self.accept();
             }
+            TimerKind::Tick => {
+                self.tick();
+                return self.timer(self.now_ms + 1000, 0, 0, TimerKind::Tick);
+            }
+            TimerKind::PresenceGrace => return self.on_grace_timer(key),
             TimerKind::Sweep => {
                 let dropped = self.home.sweep(self.now_ms, self.unix_ms());
                 if dropped > 0 {
@@ -1785,6 +2141,9 @@ impl Core {
         }
         if !self.live(key, t.generation) {
             return; // stale: the connection is gone or the slot was reused
+        }
+        if t.kind == TimerKind::Heartbeat && matches!(self.conns[key].state, State::Sse(_)) {
+            return self.sse_ping(key, t.generation);
         }
         let conn = &mut self.conns[key];
         match (t.kind, &mut conn.state) {
@@ -1902,6 +2261,7 @@ impl Core {
         }
         ws.closing = true;
         ws.blocked = false;
+        self.metrics.close(code);
         if code != close::GOING_AWAY {
             let (session, user) = match &ws.session {
                 Some(s) => (
@@ -1956,15 +2316,28 @@ impl Core {
         if conn.counted {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         }
-        if let State::Ws(ws) = conn.state
-            && let Some(session) = ws.session
-        {
+        match conn.state {
+            State::Ws(ws) => {
+                let WsConn { session, user, .. } = *ws;
+                self.session_gone(key, session, user);
+            }
+            State::Sse(s) => self.sse_gone(*s),
+            State::Http(_) => {}
+        }
+        // Dropping the stream closes the socket (and removes it from epoll).
+    }
+
+    /// A WebSocket connection is gone: leave its rooms, uncount its user.
+    fn session_gone(&mut self, key: usize, session: Option<Session>, user: Option<Arc<str>>) {
+        let cores = self.bus.cores();
+        let mut rooms = Vec::new();
+        if let Some(session) = session {
             debug!(core = self.id, session = %session.id, "websocket closed");
             if let Some(ident) = session.identity {
-                let cores = self.bus.cores();
                 for joined in session.rooms {
                     self.rooms.remove(&joined.name, joined.slot);
                     let home = home_core(&joined.name, cores);
+                    rooms.push(joined.name.clone());
                     let msg = BusMsg::Leave {
                         room: joined.name,
                         core: self.id,
@@ -1974,7 +2347,16 @@ impl Core {
                 }
             }
         }
-        // Dropping the stream closes the socket (and removes it from epoll).
+        if let Some(user) = user {
+            self.local_user_remove(&user, key);
+            let home = home_core(&user, cores);
+            let msg = BusMsg::UserGone {
+                user,
+                core: self.id,
+                rooms,
+            };
+            self.route(home, msg);
+        }
     }
 
     fn start_drain(&mut self) {
@@ -1999,6 +2381,12 @@ impl Core {
             let (open_ws, has_session) = match &conn.state {
                 State::Ws(ws) => (!ws.closing, ws.session.is_some()),
                 State::Http(_) => {
+                    self.remove_conn(key);
+                    continue;
+                }
+                State::Sse(_) => {
+                    let after = self.rng.u64(RECONNECT_JITTER_MS.0..=RECONNECT_JITTER_MS.1);
+                    self.sse_reconnect(key, after);
                     self.remove_conn(key);
                     continue;
                 }

@@ -55,6 +55,18 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     Bytes::from(v)
 }
 
+/// Length of the header of a server frame whose total length is
+/// `frame_len` (the inverse of [`text_frame`]'s framing).
+pub fn header_len(frame_len: usize) -> u8 {
+    if frame_len < 2 + 126 {
+        2
+    } else if frame_len <= 4 + 0xffff {
+        4
+    } else {
+        10
+    }
+}
+
 /// Queued output of one connection: shared frames, then a private tail
 /// buffer that small frames built for this connection alone (replies,
 /// echoes) are appended to, so they cost no allocation once it is warm.

@@ -335,7 +335,7 @@ fn run_local(a: &Args) -> Outcome {
     let open_at_end = shared.open.load(Ordering::Relaxed);
     shared.stop.store(true, Ordering::SeqCst);
     if a.scenario == Scenario::Fanout {
-        settle_final_seqs(&shared, a.shard.is_some());
+        settle_final_seqs(&shared, a.shard.is_some(), a.threads);
     }
     let results: Vec<_> = handles
         .into_iter()
@@ -357,8 +357,14 @@ fn run_local(a: &Args) -> Outcome {
 /// acknowledged, then makes the final seq of every room known to the
 /// workers (as a shard: reports its own to the parent and takes the
 /// parent's answer, the maximum over all shards).
-fn settle_final_seqs(shared: &Shared, shard: bool) {
+fn settle_final_seqs(shared: &Shared, shard: bool, threads: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    // First every worker must be out of its publishing loop (a publish
+    // racing with the stop flag would otherwise be missed), then every
+    // publish acknowledged.
+    while shared.done_publishing.load(Ordering::SeqCst) < threads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     while shared.unacked.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -49,6 +49,9 @@ pub struct Shared {
     /// Fan-out: `room_acked` holds the final seq of every room (all
     /// publishers of all processes stopped and were acknowledged).
     pub final_known: AtomicBool,
+    /// Workers that have left their publishing loop (nothing more will be
+    /// published by them).
+    pub done_publishing: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -395,10 +398,11 @@ impl Worker {
                 Duration::from_millis(20)
             };
             self.turn(&mut events, timeout);
-            if self.plan.rate_per_publisher > 0.0 {
+            if self.plan.rate_per_publisher > 0.0 && !self.shared.stop.load(Ordering::Relaxed) {
                 self.pace();
             }
         }
+        self.shared.done_publishing.fetch_add(1, Ordering::SeqCst);
         // Drain: every member catches up with the final seq of its room
         // (known once all publishers, of every process, are acknowledged).
         if self.scenario == Scenario::Fanout {

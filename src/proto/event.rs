@@ -63,8 +63,18 @@ impl Event {
         Event { buf }
     }
 
+    /// Starts a plain object without a `type` (HTTP API bodies).
+    pub fn object() -> Self {
+        let mut buf = String::with_capacity(96);
+        buf.push('{');
+        Event { buf }
+    }
+
     fn key(&mut self, key: &str) {
-        self.buf.push_str(",\"");
+        if self.buf.len() > 1 {
+            self.buf.push(',');
+        }
+        self.buf.push('"');
         self.buf.push_str(key);
         self.buf.push_str("\":");
     }

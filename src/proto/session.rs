@@ -8,7 +8,7 @@
 //! other connections, room indexes or other cores: everything shared goes
 //! out as an `Output`.
 
-use super::command::{Command, CommandError, CommandParser, Id, Since};
+use super::command::{self, Command, CommandError, CommandParser, Id, Since};
 use super::event::{self, Event};
 use super::ratelimit::{RateParams, TokenBucket, Verdict};
 use super::{ErrorCode, close, valid_room};
@@ -73,6 +73,19 @@ pub struct Ctx<'a> {
     pub core: usize,
 }
 
+impl Ctx<'_> {
+    /// Unix time in ms (event timestamps).
+    pub fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Longest user id accepted in `direct` and the HTTP API.
+pub const MAX_USER_LEN: usize = 256;
+
 /// A room the connection is in.
 #[derive(Debug, Clone)]
 pub struct JoinedRoom {
@@ -128,6 +141,37 @@ pub enum Output {
         before: Option<u64>,
         /// At most this many (1..=500).
         limit: u64,
+    },
+    /// An `error` event with this code was queued (for the metrics).
+    Error(ErrorCode),
+    /// The connection's typing state in a joined room (to its home core).
+    Typing {
+        /// Room (joined).
+        room: Arc<str>,
+        /// Typing or stopped.
+        typing: bool,
+    },
+    /// The user set a presence status (to the user's home core).
+    Presence {
+        /// New status.
+        status: crate::presence::Status,
+    },
+    /// A direct message to every connection of user `to`; the core acks
+    /// with `delivered`.
+    Direct {
+        /// Recipient user id.
+        to: Arc<str>,
+        /// Command id for the `ack`.
+        id: Option<Id>,
+        /// The `direct` event, encoded.
+        event: String,
+    },
+    /// Ask the room's home core for its members (`members` reply).
+    Members {
+        /// Room (joined).
+        room: Arc<str>,
+        /// Command id for the reply.
+        id: Option<Id>,
     },
     /// Send to the room's home core for sequencing; it answers with the `ack`.
     Publish {
@@ -280,6 +324,7 @@ impl Session {
 
     fn error(&self, id: Option<&Id>, code: ErrorCode, message: &str, out: &mut Vec<Output>) {
         out.push(Output::Frame(event::error(id, code, message)));
+        out.push(Output::Error(code));
     }
 
     /// Applies the rate limit; false = the command is dropped.
@@ -456,15 +501,74 @@ impl Session {
                     limit,
                 });
             }
-            other @ (Command::Typing { .. }
-            | Command::Presence { .. }
-            | Command::Direct { .. }
-            | Command::Members { .. }) => {
-                let msg = format!(
-                    "`{}` is not available in this server version yet",
-                    other.name()
-                );
-                self.error(id, ErrorCode::Unsupported, &msg, out);
+            Command::Typing { room, typing } => {
+                if !valid_room(room) {
+                    return self.error(id, ErrorCode::InvalidRoom, "invalid room name", out);
+                }
+                let Some(joined) = self.room(room) else {
+                    return self.error(id, ErrorCode::NotMember, "join the room first", out);
+                };
+                out.push(Output::Typing {
+                    room: joined.name.clone(),
+                    typing,
+                });
+            }
+            Command::Presence { status } => {
+                use crate::presence::Status as S;
+                let status = match status {
+                    command::Status::Online => S::Online,
+                    command::Status::Away => S::Away,
+                    command::Status::Busy => S::Busy,
+                };
+                out.push(Output::Presence { status });
+            }
+            Command::Direct { to, data } => {
+                if to.is_empty() || to.len() > MAX_USER_LEN {
+                    return self.error(
+                        id,
+                        ErrorCode::BadJson,
+                        "`to` must be a user id of 1-256 bytes",
+                        out,
+                    );
+                }
+                let mut ev = String::with_capacity(64);
+                ev.push_str("{\"type\":\"direct\",\"from\":");
+                event::push_from(&mut ev, &ident.user, ident.name.as_deref());
+                ev.push_str(",\"data\":");
+                let mut bytes = ev.into_bytes();
+                let prefix = bytes.len();
+                data.write_json(&mut bytes);
+                if bytes.len() - prefix > ctx.cfg.max_message {
+                    return self.error(
+                        id,
+                        ErrorCode::TooLarge,
+                        "data is larger than max_message",
+                        out,
+                    );
+                }
+                bytes.extend_from_slice(b",\"ts\":");
+                bytes.extend_from_slice(itoa::Buffer::new().format(ctx.unix_ms()).as_bytes());
+                bytes.push(b'}');
+                let Ok(event) = String::from_utf8(bytes) else {
+                    return self.error(id, ErrorCode::Internal, "encoding failed", out);
+                };
+                out.push(Output::Direct {
+                    to: Arc::from(to),
+                    id: id.cloned(),
+                    event,
+                });
+            }
+            Command::Members { room } => {
+                if !valid_room(room) {
+                    return self.error(id, ErrorCode::InvalidRoom, "invalid room name", out);
+                }
+                let Some(joined) = self.room(room) else {
+                    return self.error(id, ErrorCode::NotMember, "join the room first", out);
+                };
+                out.push(Output::Members {
+                    room: joined.name.clone(),
+                    id: id.cloned(),
+                });
             }
         }
     }
@@ -563,6 +667,8 @@ mod tests {
                 core: 0,
             };
             s.handle_text(frame.as_bytes(), &mut self.parser, &ctx, &mut out);
+            // Error counts are for the metrics; the tests look at frames.
+            out.retain(|o| !matches!(o, Output::Error(_)));
             out
         }
     }
@@ -654,10 +760,37 @@ mod tests {
             "x".repeat(100)
         );
         assert_eq!(error_code(&h.send(&mut s, &big)), "too_large");
-        assert_eq!(
-            error_code(&h.send(&mut s, r#"{"type":"typing","room":"a","typing":true}"#)),
-            "unsupported"
+        let out = h.send(&mut s, r#"{"type":"typing","room":"a","typing":true}"#);
+        assert!(
+            matches!(&out[0], Output::Typing { room, typing: true } if &**room == "a"),
+            "{out:?}"
         );
+        assert_eq!(
+            error_code(&h.send(&mut s, r#"{"type":"typing","room":"b","typing":true}"#)),
+            "not_member"
+        );
+        let out = h.send(&mut s, r#"{"type":"members","id":3,"room":"a"}"#);
+        assert!(matches!(&out[0], Output::Members { .. }), "{out:?}");
+        let out = h.send(
+            &mut s,
+            r#"{"type":"direct","id":4,"to":"u2","data":{"x":1}}"#,
+        );
+        let Output::Direct { to, event, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(&**to, "u2");
+        let ev: serde_json::Value = serde_json::from_str(event).unwrap();
+        assert_eq!(ev["type"], "direct");
+        assert_eq!(ev["data"], serde_json::json!({"x":1}));
+        assert!(ev["from"]["user"].as_str().unwrap().starts_with("anon:"));
+        assert!(ev["ts"].as_u64().unwrap() > 0);
+        let out = h.send(&mut s, r#"{"type":"presence","status":"busy"}"#);
+        assert!(matches!(
+            &out[0],
+            Output::Presence {
+                status: crate::presence::Status::Busy
+            }
+        ));
     }
 
     #[test]

@@ -173,6 +173,55 @@ impl Client {
         }
     }
 
+    /// The next text frame within `ms`, or `None` when nothing came.
+    pub fn recv_within(&mut self, ms: u64) -> Option<Value> {
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(ms)))
+            .unwrap();
+        let out = loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => break serde_json::from_str(&t).ok(),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(other) => panic!("expected a text frame, got {other:?}"),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break None;
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+        self.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+        out
+    }
+
+    /// Reads until an event of type `ty` arrives (others are skipped).
+    pub fn recv_until(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv();
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    /// Sends `cmd` with id "q" and returns the reply with that id, skipping
+    /// events.
+    pub fn ask(&mut self, mut cmd: Value) -> Value {
+        cmd["id"] = json!("q");
+        self.send(cmd);
+        loop {
+            let v = self.recv();
+            if v["id"] == "q" {
+                return v;
+            }
+        }
+    }
+
     /// The next event, which must have type `ty`.
     pub fn recv_type(&mut self, ty: &str) -> Value {
         let v = self.recv();
@@ -278,6 +327,27 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         addr,
         format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
     )
+}
+
+/// An HTTP API call: `method path` with a bearer `key` (when given) and a
+/// JSON body; returns the status and the parsed body (`Null` if none).
+pub fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, body) = http_raw(addr, req.as_bytes());
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
