@@ -221,7 +221,7 @@ impl Merged {
             let bound_us = (bound * 1e6) as u64;
             let mut n = 0;
             while let Some(v) = iter.peek() {
-                if v.value_iterated_to() > bound_us {
+                if all.lowest_equivalent(v.value_iterated_to()) > bound_us {
                     break;
                 }
                 n += v.count_at_value();

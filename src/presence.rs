@@ -204,12 +204,13 @@ impl UserHomes {
         None
     }
 
-    /// A connection of `user` joined `room`. Returns the user's status when
-    /// it is not `online` (the room's home core must learn it).
+    /// A connection of `user` joined `room`. Returns the user's status,
+    /// which the room's home core is told (it may have just heard an
+    /// `offline` that this reconnect overtook).
     pub fn room_joined(&mut self, user: &str, room: &Arc<str>) -> Option<Status> {
         let u = self.users.get_mut(user)?;
         *u.rooms.entry(room.clone()).or_insert(0) += 1;
-        (u.status != Status::Online).then_some(u.status)
+        Some(u.status)
     }
 
     /// A connection of `user` left `room` (the user is still connected).
@@ -303,7 +304,11 @@ mod tests {
         let mut h = UserHomes::new(1);
         let (u, r1, r2) = (a("u"), a("r1"), a("r2"));
         h.connect(&u, None, 0);
-        assert_eq!(h.room_joined("u", &r1), None, "online is the default");
+        assert_eq!(
+            h.room_joined("u", &r1),
+            Some(Status::Online),
+            "online is the default"
+        );
         h.room_joined("u", &r2);
         h.room_left("u", "r2");
         let c = h.set_status("u", Status::Away).unwrap();

@@ -111,6 +111,12 @@ fn acknowledged_messages_survive_kill_9_in_sync_mode() {
             }
         }
     }
+    // A last burst, and the kill right behind it, so it lands mid-flight.
+    for _ in 0..500 {
+        let room = ROOMS[sent % ROOMS.len()];
+        c.send(json!({"type":"publish","id":sent,"room":room,"data":{"i":sent}}));
+        sent += 1;
+    }
     server.signal(libc::SIGKILL);
     server.child.wait().unwrap();
     // Acks that were already on the wire count too.

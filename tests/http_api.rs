@@ -269,3 +269,21 @@ fn tokens_only_in_dev_mode_and_rate_limit() {
     }
     assert!(limited, "no 429 after exceeding api.rate_burst");
 }
+
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    use std::io::{Read, Write};
+    let s = server(|_| {});
+    let mut t = std::net::TcpStream::connect(s.addr).unwrap();
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        t,
+        "GET /api/stats HTTP/1.1\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+    )
+    .unwrap();
+    t.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut resp = String::new();
+    t.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert!(resp.contains("\"cores\":2"), "{resp}");
+}

@@ -153,6 +153,17 @@ fn sse_streams_rooms_and_resumes_with_last_event_id() {
     publish(&s, "sa", 7);
     st.message();
     assert!(st.pings >= 1, "no `: ping` comment within a heartbeat");
+    drop(st);
+    // A cursor in the short form of the protocol (no epochs) resumes in
+    // the rooms' current epochs.
+    // sa holds i=1,3,5,7 as seqs 1-4; sb holds i=2,4,6 as seqs 1-3.
+    let mut st = Stream::open(&s, "sa,sb", &tok, Some("sa:2;sb:2"));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(st.message().0["data"]["i"].as_u64().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, [5, 6, 7]);
 }
 
 #[test]
@@ -229,6 +240,8 @@ fn metrics_counters_move_with_traffic() {
     assert_eq!(conns, 1.0);
     assert!(metric(&after, "corecast_delivery_latency_seconds_count", "") >= 5.0);
     assert!(metric(&after, "corecast_loop_iteration_seconds_count", "") > 0.0);
+    assert!(metric(&after, "corecast_bytes_in_total", "") > 0.0);
+    assert!(metric(&after, "corecast_bytes_out_total", "") > 0.0);
     // A refused handshake shows up by status.
     let (status, _, _) = http_get(s.addr, "/ws?token=bad");
     assert_ne!(status, 200);

@@ -105,6 +105,18 @@ impl Core {
 
     /// API key, rate limit, draining.
     fn api_admit(&mut self, req: &http::Request) -> Result<(), (u16, &'static str, String)> {
+        // The bucket comes first, so guessing keys is throttled too.
+        let params = self.api_rate;
+        if !matches!(
+            self.api_limiter.take(&params, self.now_ms),
+            Verdict::Allowed
+        ) {
+            return Err((
+                429,
+                "rate_limited",
+                "API rate limit exceeded (api.rate_per_sec)".into(),
+            ));
+        }
         let keys = &self.shared.config.auth.api_keys;
         if keys.is_empty() {
             return Err((
@@ -122,17 +134,6 @@ impl Core {
         };
         if !keys.iter().any(|k| ct_eq(k.as_bytes(), given.as_bytes())) {
             return Err((401, "unauthorized", "unknown API key".into()));
-        }
-        let params = self.api_rate;
-        if !matches!(
-            self.api_limiter.take(&params, self.now_ms),
-            Verdict::Allowed
-        ) {
-            return Err((
-                429,
-                "rate_limited",
-                "API rate limit exceeded (api.rate_per_sec)".into(),
-            ));
         }
         if self.draining_until.is_some() {
             return Err((503, "overloaded", "server is shutting down".into()));

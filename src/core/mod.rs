@@ -213,6 +213,8 @@ struct HttpConn {
     /// The response was sent and the write side shut: read and discard until
     /// the client closes (so the response is not lost to a reset).
     lingering: bool,
+    /// The client already half-closed (while its request was waiting).
+    peer_closed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -348,6 +350,12 @@ pub struct Core {
     rates: (u64, u64, u64, u64),
     /// SSE streams open here.
     sse_count: usize,
+    /// SSE streams per room (kept apart so room deliveries to WebSocket
+    /// members pay nothing for SSE).
+    sse_rooms: LocalRooms,
+    /// Server-monotonic µs at the start of this iteration.
+    now_us: u64,
+    iterations: u64,
     /// The HTTP API's bucket on this core.
     api_limiter: TokenBucket,
     api_rate: RateParams,
@@ -435,6 +443,9 @@ impl Core {
             metrics: crate::metrics::CoreMetrics::default(),
             rates: (0, 0, 0, 0),
             sse_count: 0,
+            sse_rooms: LocalRooms::default(),
+            now_us: 0,
+            iterations: 0,
             api_limiter: TokenBucket::new(&api_rate, now),
             api_rate,
             parser: CommandParser::new(),
@@ -496,8 +507,8 @@ impl Core {
                 warn!(core = self.id, error = %e, "poll failed; core exits");
                 break;
             }
-            let work_start = Instant::now();
-            self.now_ms = self.shared.now_ms();
+            self.now_us = self.shared.now_us();
+            self.now_ms = self.now_us / 1000;
             self.unix_s = unix_now();
             self.had_input = !self.runnable.is_empty();
             self.handle_events(&events);
@@ -507,8 +518,13 @@ impl Core {
             self.flush_pending();
             self.outbox.flush(&self.bus);
             debug_assert!(self.local.is_empty() && self.to_close.is_empty());
+            // Sampled: one busy iteration in 16 pays for the second clock
+            // read.
             if !events.is_empty() {
-                let us = work_start.elapsed().as_micros() as u64;
+                self.iterations = self.iterations.wrapping_add(1);
+            }
+            if self.iterations % 16 == 1 && !events.is_empty() {
+                let us = self.shared.now_us().saturating_sub(self.now_us);
                 crate::metrics::CoreMetrics::record(&mut self.metrics.loop_us, us);
             }
             let stats = &self.shared.cores[self.id];
@@ -721,6 +737,12 @@ impl Core {
             }
             match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => {
+                    if matches!(h.then, Then::Waiting) {
+                        // A client may half-close after its request: the
+                        // answer still goes out, then the connection ends.
+                        h.peer_closed = true;
+                        return;
+                    }
                     debug!(core = self.id, "peer closed during HTTP exchange");
                     return self.remove_conn(key);
                 }
@@ -810,6 +832,13 @@ impl Core {
             let Some(generation) = self.conns.get(key).map(|c| c.generation) else {
                 return;
             };
+            let params = self.api_rate;
+            if !matches!(
+                self.api_limiter.take(&params, self.now_ms),
+                Verdict::Allowed
+            ) {
+                return self.http_error(key, 429, "rate_limited", "too many scrapes");
+            }
             self.wait(key);
             let conn = ConnRef {
                 key: key as u32,
@@ -1003,6 +1032,9 @@ impl Core {
         match std::mem::replace(&mut h.then, Then::Close) {
             Then::Upgrade(up) => self.upgrade(key, *up),
             Then::Close | Then::Reading | Then::Waiting => {
+                if h.peer_closed {
+                    return self.remove_conn(key);
+                }
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                 h.lingering = true;
             }
@@ -1195,7 +1227,10 @@ impl Core {
         let State::Ws(ws) = &mut conn.state else {
             return;
         };
-        match ws.out.write_to(&mut conn.stream) {
+        let before = ws.out.pending();
+        let result = ws.out.write_to(&mut conn.stream);
+        self.metrics.bytes_out += (before - ws.out.pending()) as u64;
+        match result {
             Ok(true) => {}
             Ok(false) => return, // socket full: the writable event resumes
             Err(e) => {
@@ -1670,7 +1705,7 @@ impl Core {
         match msg {
             BusMsg::Deliver { room, frame, at_us } => {
                 if at_us > 0 {
-                    let us = self.shared.now_us().saturating_sub(at_us);
+                    let us = self.now_us.saturating_sub(at_us);
                     crate::metrics::CoreMetrics::record(&mut self.metrics.delivery_us, us);
                 }
                 self.deliver_local(&room, &frame)
@@ -1713,7 +1748,9 @@ impl Core {
                 let mut replay = Vec::new();
                 if let Some(since) = since {
                     let r = self.home.get(&room).expect("joined room exists");
-                    let recovered = *since.epoch == *o.epoch
+                    // An empty epoch means "the current one" (SSE cursors
+                    // written without epochs).
+                    let recovered = (since.epoch.is_empty() || *since.epoch == *o.epoch)
                         && match r.history.since(since.seq, r.visible_seq()) {
                             Some(missed) => {
                                 replay.extend(missed.map(|e| e.frame.clone()));
@@ -1839,7 +1876,7 @@ impl Core {
     /// queue until the store reports it durable ([`Core::stored`]).
     fn publish(&mut self, room: Arc<str>, reply: Option<ReplyTo>, tail: String) {
         let ts = self.unix_ms();
-        let at_us = self.shared.now_us().max(1);
+        let at_us = self.now_us.max(1);
         let retention = self.home.retention;
         let rng = &mut self.rng;
         let r = self
@@ -2071,17 +2108,15 @@ impl Core {
     }
 
     fn deliver_local(&mut self, room: &str, frame: &Bytes) {
+        if !self.sse_rooms.is_empty() {
+            self.sse_deliver(room, frame);
+        }
         let Some(members) = self.rooms.members(room) else {
             return;
         };
         self.metrics.messages_out += members.len() as u64;
-        let mut sse = Vec::new();
         for (_, &key) in members.iter() {
             if let Some(conn) = self.conns.get_mut(key as usize) {
-                if matches!(conn.state, State::Sse(_)) {
-                    sse.push(key as usize);
-                    continue;
-                }
                 queue_ws(
                     conn,
                     key as usize,
@@ -2092,10 +2127,6 @@ impl Core {
                     &mut self.to_close,
                 );
             }
-        }
-        for key in sse {
-            self.sse_push(key, frame);
-            self.sse_write(key);
         }
     }
 
@@ -2142,18 +2173,34 @@ impl Core {
         if !self.live(key, t.generation) {
             return; // stale: the connection is gone or the slot was reused
         }
-        if t.kind == TimerKind::Heartbeat && matches!(self.conns[key].state, State::Sse(_)) {
-            return self.sse_ping(key, t.generation);
+        if matches!(self.conns[key].state, State::Sse(_)) {
+            return match t.kind {
+                TimerKind::Heartbeat => self.sse_ping(key, t.generation),
+                TimerKind::Expiry => {
+                    debug!(core = self.id, "SSE stream closed: token expired");
+                    self.remove_conn(key)
+                }
+                _ => {}
+            };
         }
         let conn = &mut self.conns[key];
         match (t.kind, &mut conn.state) {
             (TimerKind::Handshake, State::Http(h)) => {
                 debug!(core = self.id, "handshake timeout");
-                if matches!(h.then, Then::Reading) && !h.buf.is_empty() {
-                    // Best effort: a slow client that sent part of a head
+                if matches!(h.then, Then::Waiting) {
+                    self.metrics.http_error(503);
+                    let r = error_response(503, "timeout", "no answer in time; retry", &[]);
+                    return self.respond(key, r, Then::Close);
+                }
+                if matches!(h.then, Then::Reading) && (!h.buf.is_empty() || h.pending.is_some()) {
+                    // Best effort: a slow client that sent part of a request
                     // learns why; nothing waits for this write.
-                    let r =
-                        error_response(408, "timeout", "request head not received in time", &[]);
+                    let what = if h.pending.is_some() {
+                        "request body not received in time"
+                    } else {
+                        "request head not received in time"
+                    };
+                    let r = error_response(408, "timeout", what, &[]);
                     let _ = conn.stream.write(&r);
                 }
                 self.remove_conn(key);

@@ -103,7 +103,11 @@ impl Core {
             AggTarget::Stats { conn, metrics } => {
                 let mut snaps = a.snapshots;
                 snaps.sort_by_key(|s| s.core);
-                if metrics {
+                if metrics && timed_out {
+                    // Partial sums would look like counter resets.
+                    let body = error_body("unavailable", "a core did not answer in time");
+                    self.http_answer(conn, 503, body);
+                } else if metrics {
                     let text = crate::metrics::encode_prometheus(snaps);
                     self.http_answer_raw(
                         conn,
@@ -176,7 +180,11 @@ impl Core {
             in_per_s: self.rates.2,
             out_per_s: self.rates.3,
             last_loop_ms: self.now_ms,
-            metrics: self.metrics.clone(),
+            metrics: {
+                let mut m = self.metrics.clone();
+                m.bytes_in = self.scratch.bytes;
+                m
+            },
         }
     }
 
@@ -285,6 +293,9 @@ impl Core {
     }
 
     fn announce_presence(&mut self, user: Arc<str>, change: crate::presence::Change) {
+        if change.rooms.is_empty() {
+            return; // nobody shares a room with the user
+        }
         let ev = Event::new("presence")
             .str("user", &user)
             .str("status", change.status.as_str())

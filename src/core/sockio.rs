@@ -35,6 +35,8 @@ pub struct ReadScratch {
     drained: bool,
     /// Whether `drained` may be trusted for the current connection.
     skip_allowed: bool,
+    /// Bytes read from sockets through this scratch (metrics).
+    pub bytes: u64,
 }
 
 impl Default for ReadScratch {
@@ -45,6 +47,7 @@ impl Default for ReadScratch {
             end: 0,
             drained: false,
             skip_allowed: false,
+            bytes: 0,
         }
     }
 }
@@ -106,6 +109,7 @@ impl Read for Io<'_> {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = self.tcp.read(&mut s.buf)?;
+            s.bytes += n as u64;
             s.pos = 0;
             s.end = n;
             s.drained = s.skip_allowed && n < s.buf.len();

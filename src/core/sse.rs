@@ -41,8 +41,8 @@ struct SseRoom {
 impl SseConn {
     fn cursor(&self) -> String {
         let mut c = String::new();
-        for (i, r) in self.rooms.iter().enumerate() {
-            if i > 0 {
+        for r in self.rooms.iter().filter(|r| r.slot.is_some()) {
+            if !c.is_empty() {
                 c.push(';');
             }
             c.push_str(&r.name);
@@ -148,10 +148,18 @@ impl Core {
             (None, Some(q)) => parse_cursor(&q),
             (None, None) => Vec::new(),
         };
+        let max = self.shared.config.limits.max_connections;
+        if self.shared.connections.fetch_add(1, Ordering::Relaxed) >= max {
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            return self.http_error(key, 503, "overloaded", "connection limit reached");
+        }
         let Some(conn) = self.conns.get_mut(key) else {
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
             return;
         };
+        conn.counted = true;
         let generation = conn.generation;
+        let exp = ident.exp;
         let mut names_dedup = names.clone();
         names_dedup.sort();
         names_dedup.dedup();
@@ -200,6 +208,12 @@ impl Core {
         }
         let hb = self.shared.config.heartbeat * 1000;
         self.timer(self.now_ms + hb, key, generation, TimerKind::Heartbeat);
+        if let Some(exp) = exp {
+            // The stream ends when its token expires (a reconnect with a
+            // fresh token resumes it).
+            let at = self.now_ms + exp.saturating_sub(self.unix_s).saturating_mul(1000);
+            self.timer(at, key, generation, TimerKind::Expiry);
+        }
         self.sse_write(key);
     }
 
@@ -226,12 +240,12 @@ impl Core {
         let recovered = memchr::memmem::find(json, b"\"recovered\":false").is_none();
         let resumed = memchr::memmem::find(json, b"\"recovered\":").is_some();
         s.joining = s.joining.saturating_sub(1);
-        let slot = self.rooms.add(room, key);
+        let slot = self.sse_rooms.add(room, key);
         if let Some(r) = s.rooms.iter_mut().find(|r| r.name == *room) {
             r.slot = Some(slot);
             r.epoch = epoch.clone();
             // Replayed messages move the position as they are written.
-            r.seq = seq - replay.len() as u64;
+            r.seq = seq.saturating_sub(replay.len() as u64);
         }
         if resumed && !recovered {
             let ev = Event::object()
@@ -269,7 +283,15 @@ impl Core {
             return;
         };
         if let Some(r) = s.rooms.iter_mut().find(|r| &*r.name == room) {
-            r.seq = r.seq.max(seq);
+            match json_str(json, b"\"epoch\":\"") {
+                // A new epoch (the room's history was lost) restarts the
+                // position.
+                Some(e) if *e != *r.epoch => {
+                    r.epoch = e.into();
+                    r.seq = seq;
+                }
+                _ => r.seq = r.seq.max(seq),
+            }
         }
         let cursor = s.cursor();
         push_event(&mut s.out, "message", &cursor, json);
@@ -277,6 +299,18 @@ impl Core {
             debug!(core = self.id, "SSE stream closed: slow consumer");
             self.metrics.close(close::SLOW_CONSUMER);
             self.remove_conn(key);
+        }
+    }
+
+    /// A room delivery to this core's SSE streams in `room`.
+    pub(super) fn sse_deliver(&mut self, room: &str, frame: &Bytes) {
+        let keys: Vec<usize> = match self.sse_rooms.members(room) {
+            Some(m) => m.iter().map(|(_, &k)| k as usize).collect(),
+            None => return,
+        };
+        for key in keys {
+            self.sse_push(key, frame);
+            self.sse_write(key);
         }
     }
 
@@ -368,7 +402,7 @@ impl Core {
             let Some(slot) = r.slot else {
                 continue; // its join is still out: the ack will find it gone
             };
-            self.rooms.remove(&r.name, slot);
+            self.sse_rooms.remove(&r.name, slot);
             let msg = BusMsg::Leave {
                 room: r.name.clone(),
                 core: self.id,
