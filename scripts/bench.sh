@@ -32,7 +32,7 @@ SERVER_CPUS=${SERVER_CPUS:-0}
 GEN_CPUS=${GEN_CPUS:-1}
 OUT=${OUT:-docs/BENCHMARKS.md}
 PORT=${PORT:-18400}
-RAW=target/bench
+RAW=${RAW:-target/bench}
 count_cpus() { python3 -c "import sys
 n=0
 for part in sys.argv[1].split(','):

@@ -169,6 +169,8 @@ pub enum BusMsg {
         name: Option<Arc<str>>,
         /// Core of the connection.
         core: usize,
+        /// The connection.
+        conn: ConnRef,
     },
     /// To a user's home core: a connection of the user went away while in
     /// these rooms.
@@ -177,6 +179,8 @@ pub enum BusMsg {
         user: Arc<str>,
         /// Core of the connection.
         core: usize,
+        /// The connection.
+        conn: ConnRef,
         /// Rooms the connection was in.
         rooms: Vec<Arc<str>>,
     },
@@ -256,11 +260,11 @@ pub enum BusMsg {
         /// Where the count goes.
         agg: AggRef,
     },
-    /// From a user's home core to a core holding connections of `user`:
+    /// From a user's home core to a core holding connections of a user:
     /// deliver `frame` to them and report the count to `agg`.
     UserDeliver {
-        /// Recipient.
-        user: Arc<str>,
+        /// The user's connections on that core.
+        conns: Vec<ConnRef>,
         /// The event, framed.
         frame: Bytes,
         /// Where the count goes.

@@ -13,6 +13,7 @@
 //! This module must not send anything or arm timers: the core loop routes
 //! what these functions decide and runs the grace timer.
 
+use crate::bus::ConnRef;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -51,51 +52,108 @@ impl Status {
     }
 }
 
-/// One user at its home core.
+/// One user at its home core. Every connected user has one, so the common
+/// case — one connection, no room, online — is a 16-byte value; anything
+/// else lives in a boxed [`Full`] record.
 #[derive(Debug)]
-pub struct UserHome {
-    /// Display name (from the latest connection).
-    pub name: Option<Arc<str>>,
-    /// Connections per core.
-    conns: Vec<u32>,
-    total: u32,
-    /// Current status (never `Offline` while the entry exists).
-    pub status: Status,
+pub struct UserHome(Repr);
+
+#[derive(Debug)]
+enum Repr {
+    /// One connection (core, connection), in no room, online.
+    Single(u32, ConnRef),
+    Full(Box<Full>),
+}
+
+/// A user with several connections, rooms, a status or a running grace.
+#[derive(Debug)]
+struct Full {
+    /// The user's connections: (core, connection on that core).
+    conns: Vec<(u32, ConnRef)>,
     /// Rooms with the number of the user's member connections in them;
     /// while the user is gone (grace), the rooms they were last in, at 0.
-    rooms: HashMap<Arc<str>, u32>,
-    /// The last connection went away (grace running), monotonic ms.
-    gone_since: Option<u64>,
+    rooms: Vec<(Arc<str>, u32)>,
+    /// When the last connection went away (grace running), monotonic ms;
+    /// 0 = not gone.
+    gone_since: u64,
     /// Guards the grace timer against a reconnect in between.
-    pub grace_gen: u32,
+    grace_gen: u32,
+    /// Current status (never `Offline` while the entry exists).
+    status: Status,
+}
+
+impl Full {
+    fn room_mut(&mut self, room: &str) -> Option<&mut u32> {
+        self.rooms
+            .iter_mut()
+            .find(|(r, _)| &**r == room)
+            .map(|(_, n)| n)
+    }
 }
 
 impl UserHome {
-    /// Cores holding at least one connection of the user.
-    pub fn cores(&self) -> impl Iterator<Item = usize> + '_ {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|&(_, &n)| n > 0)
-            .map(|(c, _)| c)
+    fn full(&mut self) -> &mut Full {
+        if let Repr::Single(core, conn) = self.0 {
+            self.0 = Repr::Full(Box::new(Full {
+                conns: vec![(core, conn)],
+                rooms: Vec::new(),
+                gone_since: 0,
+                grace_gen: 0,
+                status: Status::Online,
+            }));
+        }
+        match &mut self.0 {
+            Repr::Full(f) => f,
+            Repr::Single(..) => unreachable!("promoted above"),
+        }
+    }
+
+    /// Cores holding at least one connection of the user, each with the
+    /// connections there.
+    pub fn by_core(&self) -> Vec<(usize, Vec<ConnRef>)> {
+        let all: Vec<(u32, ConnRef)> = match &self.0 {
+            Repr::Single(core, conn) => vec![(*core, *conn)],
+            Repr::Full(f) => f.conns.clone(),
+        };
+        let mut out: Vec<(usize, Vec<ConnRef>)> = Vec::new();
+        for (core, conn) in all {
+            match out.iter_mut().find(|(c, _)| *c == core as usize) {
+                Some((_, v)) => v.push(conn),
+                None => out.push((core as usize, vec![conn])),
+            }
+        }
+        out
     }
 
     /// Connections of the user, all cores.
     pub fn connections(&self) -> u32 {
-        self.total
+        match &self.0 {
+            Repr::Single(..) => 1,
+            Repr::Full(f) => f.conns.len() as u32,
+        }
     }
 
     /// The rooms the user is (or, during the grace, was last) in.
     pub fn rooms(&self) -> Vec<Arc<str>> {
-        self.rooms.keys().cloned().collect()
+        match &self.0 {
+            Repr::Single(..) => Vec::new(),
+            Repr::Full(f) => f.rooms.iter().map(|(r, _)| r.clone()).collect(),
+        }
+    }
+
+    /// The user's status.
+    pub fn status(&self) -> Status {
+        match &self.0 {
+            Repr::Single(..) => Status::Online,
+            Repr::Full(f) => f.status,
+        }
     }
 }
 
 /// Users whose home is this core.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct UserHomes {
     users: HashMap<Arc<str>, UserHome>,
-    cores: usize,
 }
 
 /// A presence change to announce to the user's rooms.
@@ -108,12 +166,9 @@ pub struct Change {
 }
 
 impl UserHomes {
-    /// An empty table for a server of `cores` cores.
-    pub fn new(cores: usize) -> Self {
-        UserHomes {
-            users: HashMap::new(),
-            cores,
-        }
+    /// An empty table.
+    pub fn new() -> Self {
+        UserHomes::default()
     }
 
     /// The user, if known (connected or within the grace).
@@ -133,74 +188,69 @@ impl UserHomes {
 
     /// Users with at least one connection.
     pub fn online(&self) -> usize {
-        self.users.values().filter(|u| u.total > 0).count()
+        self.users.values().filter(|u| u.connections() > 0).count()
     }
 
-    /// A connection of `user` on `core` authenticated. Returns whether the
-    /// user came online (was neither connected nor within the grace).
-    pub fn connect(&mut self, user: &Arc<str>, name: Option<&Arc<str>>, core: usize) -> bool {
-        let cores = self.cores;
-        let mut fresh = false;
-        let u = self.users.entry(user.clone()).or_insert_with(|| {
-            fresh = true;
-            UserHome {
-                name: None,
-                conns: vec![0; cores],
-                total: 0,
-                status: Status::Online,
-                rooms: HashMap::new(),
-                gone_since: None,
-                grace_gen: 0,
-            }
-        });
-        if let Some(name) = name {
-            u.name = Some(name.clone());
-        }
-        if u.total == 0 && u.gone_since.take().is_some() {
+    /// Connection `conn` of `user` on `core` authenticated. Returns whether
+    /// the user came online (was neither connected nor within the grace).
+    /// The display name is not kept here: `members` takes names from the
+    /// rooms.
+    pub fn connect(&mut self, user: &Arc<str>, core: usize, conn: ConnRef) -> bool {
+        let Some(u) = self.users.get_mut(user) else {
+            self.users
+                .insert(user.clone(), UserHome(Repr::Single(core as u32, conn)));
+            return true;
+        };
+        let f = u.full();
+        if f.conns.is_empty() && f.gone_since != 0 {
             // Back within the grace: the rooms kept for the offline event
             // are rejoined by the new connection if it wants them.
-            u.rooms.retain(|_, n| *n > 0);
-            u.grace_gen = u.grace_gen.wrapping_add(1);
+            f.gone_since = 0;
+            f.rooms.retain(|(_, n)| *n > 0);
+            f.grace_gen = f.grace_gen.wrapping_add(1);
         }
-        u.conns[core] += 1;
-        u.total += 1;
-        fresh
+        f.conns.push((core as u32, conn));
+        false
     }
 
-    /// A connection of `user` on `core` went away while in `rooms`. Returns
-    /// the grace generation to arm the offline timer with when it was the
-    /// user's last connection.
+    /// Connection `conn` of `user` on `core` went away while in `rooms`.
+    /// Returns the grace generation to arm the offline timer with when it
+    /// was the user's last connection.
     pub fn disconnect(
         &mut self,
         user: &str,
         core: usize,
+        conn: ConnRef,
         rooms: &[Arc<str>],
         now_ms: u64,
     ) -> Option<u32> {
         let u = self.users.get_mut(user)?;
-        if u.conns[core] == 0 {
-            return None; // not counted (never authenticated here)
+        if let Repr::Single(c, k) = u.0
+            && (c as usize != core || k != conn)
+        {
+            return None;
         }
-        u.conns[core] -= 1;
-        u.total -= 1;
-        let last = u.total == 0;
+        let f = u.full();
+        let pos = f
+            .conns
+            .iter()
+            .position(|&(c, k)| c as usize == core && k == conn)?;
+        f.conns.swap_remove(pos);
         for room in rooms {
-            if let Some(n) = u.rooms.get_mut(room) {
+            if let Some(n) = f.room_mut(room) {
                 *n = n.saturating_sub(1);
-                if *n == 0 && !last {
-                    u.rooms.remove(room);
-                }
             }
         }
-        if last {
+        if f.conns.is_empty() {
             // Keep every room at 0 for the offline event.
-            for n in u.rooms.values_mut() {
+            for (_, n) in f.rooms.iter_mut() {
                 *n = 0;
             }
-            u.gone_since = Some(now_ms);
-            u.grace_gen = u.grace_gen.wrapping_add(1);
-            return Some(u.grace_gen);
+            f.gone_since = now_ms.max(1);
+            f.grace_gen = f.grace_gen.wrapping_add(1);
+            return Some(f.grace_gen);
         }
+        f.rooms.retain(|(_, n)| *n > 0);
         None
     }
 
@@ -208,19 +258,27 @@ impl UserHomes {
     /// which the room's home core is told (it may have just heard an
     /// `offline` that this reconnect overtook).
     pub fn room_joined(&mut self, user: &str, room: &Arc<str>) -> Option<Status> {
-        let u = self.users.get_mut(user)?;
-        *u.rooms.entry(room.clone()).or_insert(0) += 1;
-        Some(u.status)
+        let f = self.users.get_mut(user)?.full();
+        match f.room_mut(room) {
+            Some(n) => *n += 1,
+            None => f.rooms.push((room.clone(), 1)),
+        }
+        Some(f.status)
     }
 
     /// A connection of `user` left `room` (the user is still connected).
     pub fn room_left(&mut self, user: &str, room: &str) {
-        if let Some(u) = self.users.get_mut(user)
-            && let Some(n) = u.rooms.get_mut(room)
-        {
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        if let Repr::Single(..) = u.0 {
+            return;
+        }
+        let f = u.full();
+        if let Some(n) = f.room_mut(room) {
             *n = n.saturating_sub(1);
-            if *n == 0 && u.total > 0 {
-                u.rooms.remove(room);
+            if *n == 0 && !f.conns.is_empty() {
+                f.rooms.retain(|(_, n)| *n > 0);
             }
         }
     }
@@ -228,21 +286,24 @@ impl UserHomes {
     /// The user set a status; returns the change when it is one.
     pub fn set_status(&mut self, user: &str, status: Status) -> Option<Change> {
         let u = self.users.get_mut(user)?;
-        if u.status == status || u.total == 0 {
+        if u.status() == status || u.connections() == 0 {
             return None;
         }
-        u.status = status;
+        let f = u.full();
+        f.status = status;
         Some(Change {
             status,
-            rooms: u.rooms(),
+            rooms: f.rooms.iter().map(|(r, _)| r.clone()).collect(),
         })
     }
 
     /// The grace timer of `user` fired: when the user is still gone (and
     /// the timer is current), forget them and return the `offline` change.
     pub fn grace_expired(&mut self, user: &str, grace_gen: u32) -> Option<Change> {
-        let u = self.users.get(user)?;
-        if u.total > 0 || u.gone_since.is_none() || u.grace_gen != grace_gen {
+        let Repr::Full(f) = &self.users.get(user)?.0 else {
+            return None;
+        };
+        if !f.conns.is_empty() || f.gone_since == 0 || f.grace_gen != grace_gen {
             return None;
         }
         let u = self.users.remove(user)?;
@@ -261,22 +322,39 @@ mod tests {
         s.into()
     }
 
+    fn c(key: u32) -> ConnRef {
+        ConnRef { key, generation: 1 }
+    }
+
     #[test]
     fn online_once_across_cores_offline_after_the_last_and_the_grace() {
-        let mut h = UserHomes::new(2);
+        let mut h = UserHomes::new();
         let (u, r) = (a("u"), a("room"));
-        assert!(h.connect(&u, None, 0), "first connection: online");
-        assert!(!h.connect(&u, None, 1), "second connection on another core");
-        assert_eq!(h.get("u").unwrap().cores().collect::<Vec<_>>(), [0, 1]);
+        assert!(h.connect(&u, 0, c(7)), "first connection: online");
+        assert!(!h.connect(&u, 1, c(7)), "second connection on another core");
+        assert_eq!(
+            h.get("u").unwrap().by_core(),
+            [(0, vec![c(7)]), (1, vec![c(7)])]
+        );
         h.room_joined("u", &r);
         h.room_joined("u", &r);
-        assert_eq!(h.disconnect("u", 0, std::slice::from_ref(&r), 10), None);
+        assert_eq!(
+            h.disconnect("u", 0, c(8), std::slice::from_ref(&r), 10),
+            None,
+            "unknown"
+        );
+        assert_eq!(
+            h.disconnect("u", 0, c(7), std::slice::from_ref(&r), 10),
+            None
+        );
         assert_eq!(
             h.get("u").unwrap().rooms(),
             std::slice::from_ref(&r),
             "still in via core 1"
         );
-        let g = h.disconnect("u", 1, std::slice::from_ref(&r), 20).unwrap();
+        let g = h
+            .disconnect("u", 1, c(7), std::slice::from_ref(&r), 20)
+            .unwrap();
         let change = h.grace_expired("u", g).unwrap();
         assert_eq!(change.status, Status::Offline);
         assert_eq!(change.rooms, [r], "offline goes to the rooms last shared");
@@ -285,13 +363,15 @@ mod tests {
 
     #[test]
     fn a_reconnect_within_the_grace_does_not_flap() {
-        let mut h = UserHomes::new(1);
+        let mut h = UserHomes::new();
         let (u, r) = (a("u"), a("room"));
-        h.connect(&u, None, 0);
+        h.connect(&u, 0, c(1));
         h.room_joined("u", &r);
-        let g = h.disconnect("u", 0, std::slice::from_ref(&r), 10).unwrap();
+        let g = h
+            .disconnect("u", 0, c(1), std::slice::from_ref(&r), 10)
+            .unwrap();
         assert!(
-            !h.connect(&u, None, 0),
+            !h.connect(&u, 0, c(2)),
             "back within the grace: no online event"
         );
         assert_eq!(h.grace_expired("u", g), None, "the stale timer is ignored");
@@ -301,9 +381,9 @@ mod tests {
 
     #[test]
     fn status_changes_reach_the_current_rooms_only_when_they_change() {
-        let mut h = UserHomes::new(1);
+        let mut h = UserHomes::new();
         let (u, r1, r2) = (a("u"), a("r1"), a("r2"));
-        h.connect(&u, None, 0);
+        h.connect(&u, 0, c(1));
         assert_eq!(
             h.room_joined("u", &r1),
             Some(Status::Online),

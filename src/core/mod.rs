@@ -242,10 +242,12 @@ struct WsConn {
     ctx: WebSocketContext,
     /// Protocol state (`None` on `/echo`).
     session: Option<Session>,
-    /// The user this connection is counted for at the user's home core.
-    user: Option<Arc<str>>,
-    /// Last presence event this connection was given (dedup per event).
-    stamp: u64,
+    /// Counted at its user's home core (as the session's identity), and
+    /// whether that identity was anonymous (`anon:<session>`, the only one
+    /// a connection may switch away from). Two flags instead of the user's
+    /// name: they fit in the struct's padding.
+    counted: bool,
+    counted_anon: bool,
     last_rx_ms: u64,
     /// In the core's urgent flush list (replies: flushed this iteration).
     urgent: bool,
@@ -333,8 +335,6 @@ pub struct Core {
     store: Option<StoreHandle>,
     /// Users whose home is this core.
     users: crate::presence::UserHomes,
-    /// This core's connections per user (direct messages, notifications).
-    local_users: std::collections::HashMap<Arc<str>, Vec<usize>>,
     /// Pending presence grace timers: (user, grace generation).
     grace_timers: Slab<(Arc<str>, u32)>,
     /// Counts being gathered here.
@@ -342,7 +342,6 @@ pub struct Core {
     next_token: u64,
     /// Home rooms with someone typing.
     typing_rooms: std::collections::HashSet<Arc<str>>,
-    presence_stamp: u64,
     key_scratch: Vec<usize>,
     /// Counters (merged at scrape time).
     metrics: crate::metrics::CoreMetrics,
@@ -432,13 +431,11 @@ impl Core {
             bus: init.bus,
             outbox: Outbox::new(cores),
             store: init.store,
-            users: crate::presence::UserHomes::new(cores),
-            local_users: std::collections::HashMap::new(),
+            users: crate::presence::UserHomes::new(),
             grace_timers: Slab::new(),
             aggs: std::collections::HashMap::new(),
             next_token: 0,
             typing_rooms: std::collections::HashSet::new(),
-            presence_stamp: 0,
             key_scratch: Vec::new(),
             metrics: crate::metrics::CoreMetrics::default(),
             rates: (0, 0, 0, 0),
@@ -698,7 +695,8 @@ impl Core {
                     self.sse_write(key);
                 }
                 if readable {
-                    self.sse_read(key);
+                    // Nothing is read from a stream; only its end matters.
+                    self.discard_input(key);
                 }
             }
         }
@@ -1075,8 +1073,8 @@ impl Core {
             expiry_armed: None,
             pending: Vec::new(),
             out: OutQueue::default(),
-            user: None,
-            stamp: 0,
+            counted: false,
+            counted_anon: false,
         }));
         let hb = self.shared.config.heartbeat * 1000;
         self.timer(self.now_ms + hb, key, generation, TimerKind::Heartbeat);
@@ -1343,6 +1341,12 @@ impl Core {
 
     /// Queues a framed reply (from another core, or built once).
     fn queue(&mut self, key: usize, frame: Bytes) {
+        self.queue_as(key, frame, true);
+    }
+
+    /// Queues a shared frame; `urgent`: flushed this iteration (a reply)
+    /// rather than with the room deliveries.
+    fn queue_as(&mut self, key: usize, frame: Bytes, urgent: bool) {
         if let Some(conn) = self.conns.get_mut(key) {
             queue_ws(
                 conn,
@@ -1350,7 +1354,7 @@ impl Core {
                 frame,
                 self.backlogs,
                 &mut self.flush,
-                true,
+                urgent,
                 &mut self.to_close,
             );
         }
@@ -1833,8 +1837,18 @@ impl Core {
                     self.deliver_to_room(&room, outq::text_frame(left.as_bytes()), 0);
                 }
             }
-            BusMsg::UserConnected { user, name, core } => self.on_user_connected(user, name, core),
-            BusMsg::UserGone { user, core, rooms } => self.on_user_gone(user, core, rooms),
+            BusMsg::UserConnected {
+                user,
+                name,
+                core,
+                conn,
+            } => self.on_user_connected(user, name, core, conn),
+            BusMsg::UserGone {
+                user,
+                core,
+                conn,
+                rooms,
+            } => self.on_user_gone(user, core, conn, rooms),
             BusMsg::UserRoom { user, room, joined } => self.on_user_room(user, room, joined),
             BusMsg::SetStatus { user, status } => self.on_set_status(user, status),
             BusMsg::Presence {
@@ -1852,7 +1866,7 @@ impl Core {
             } => self.deliver_except(&room, &except, &frame),
             BusMsg::Members { room, id, answer } => self.on_members(room, id, answer),
             BusMsg::ToUser { user, frame, agg } => self.on_to_user(user, frame, agg),
-            BusMsg::UserDeliver { user, frame, agg } => self.on_user_deliver(&user, frame, agg),
+            BusMsg::UserDeliver { conns, frame, agg } => self.on_user_deliver(conns, frame, agg),
             BusMsg::Broadcast { frame, agg } => self.on_broadcast(frame, agg),
             BusMsg::AggExpect { token, parts } => self.on_agg_expect(token, parts),
             BusMsg::AggDone { token, delivered } => self.on_agg_done(token, delivered),
@@ -2365,8 +2379,10 @@ impl Core {
         }
         match conn.state {
             State::Ws(ws) => {
-                let WsConn { session, user, .. } = *ws;
-                self.session_gone(key, session, user);
+                let WsConn {
+                    session, counted, ..
+                } = *ws;
+                self.session_gone(key, conn.generation, session, counted);
             }
             State::Sse(s) => self.sse_gone(*s),
             State::Http(_) => {}
@@ -2375,12 +2391,22 @@ impl Core {
     }
 
     /// A WebSocket connection is gone: leave its rooms, uncount its user.
-    fn session_gone(&mut self, key: usize, session: Option<Session>, user: Option<Arc<str>>) {
+    fn session_gone(
+        &mut self,
+        key: usize,
+        generation: u32,
+        session: Option<Session>,
+        counted: bool,
+    ) {
+        let mut user = None;
         let cores = self.bus.cores();
         let mut rooms = Vec::new();
         if let Some(session) = session {
             debug!(core = self.id, session = %session.id, "websocket closed");
             if let Some(ident) = session.identity {
+                if counted {
+                    user = Some(ident.user.clone());
+                }
                 for joined in session.rooms {
                     self.rooms.remove(&joined.name, joined.slot);
                     let home = home_core(&joined.name, cores);
@@ -2395,11 +2421,14 @@ impl Core {
             }
         }
         if let Some(user) = user {
-            self.local_user_remove(&user, key);
             let home = home_core(&user, cores);
             let msg = BusMsg::UserGone {
                 user,
                 core: self.id,
+                conn: ConnRef {
+                    key: key as u32,
+                    generation,
+                },
                 rooms,
             };
             self.route(home, msg);

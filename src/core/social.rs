@@ -207,46 +207,48 @@ impl Core {
     /// moves the count when a fresh anonymous connection became a user).
     pub(super) fn count_user(&mut self, key: usize) {
         let Some(Conn {
+            generation,
             state: State::Ws(ws),
             ..
         }) = self.conns.get_mut(key)
         else {
             return;
         };
-        let Some(ident) = ws.session.as_ref().and_then(|s| s.identity.as_ref()) else {
+        let Some(session) = ws.session.as_ref() else {
             return;
         };
-        if ws.user.as_ref().is_some_and(|u| *u == ident.user) {
+        let Some(ident) = session.identity.as_ref() else {
             return;
+        };
+        if ws.counted && ws.counted_anon == ident.anonymous {
+            return; // same identity (a refresh)
         }
+        let conn = ConnRef {
+            key: key as u32,
+            generation: *generation,
+        };
         let (user, name) = (ident.user.clone(), ident.name.clone());
-        let old = ws.user.replace(user.clone());
+        // Only a fresh anonymous connection may become another user.
+        let old: Option<Arc<str>> = ws.counted.then(|| format!("anon:{}", session.id).into());
+        ws.counted = true;
+        ws.counted_anon = ident.anonymous;
         let cores = self.bus.cores();
         if let Some(old) = old {
-            self.local_user_remove(&old, key);
             let msg = BusMsg::UserGone {
                 user: old.clone(),
                 core: self.id,
+                conn,
                 rooms: Vec::new(),
             };
             self.route(home_core(&old, cores), msg);
         }
-        self.local_users.entry(user.clone()).or_default().push(key);
         let msg = BusMsg::UserConnected {
             user: user.clone(),
             name,
             core: self.id,
+            conn,
         };
         self.route(home_core(&user, cores), msg);
-    }
-
-    pub(super) fn local_user_remove(&mut self, user: &str, key: usize) {
-        if let Some(keys) = self.local_users.get_mut(user) {
-            keys.retain(|&k| k != key);
-            if keys.is_empty() {
-                self.local_users.remove(user);
-            }
-        }
     }
 
     pub(super) fn on_user_connected(
@@ -254,12 +256,23 @@ impl Core {
         user: Arc<str>,
         name: Option<Arc<str>>,
         core: usize,
+        conn: ConnRef,
     ) {
-        self.users.connect(&user, name.as_ref(), core);
+        let _ = name; // names for `members` come from the rooms
+        self.users.connect(&user, core, conn);
     }
 
-    pub(super) fn on_user_gone(&mut self, user: Arc<str>, core: usize, rooms: Vec<Arc<str>>) {
-        if let Some(grace_gen) = self.users.disconnect(&user, core, &rooms, self.now_ms) {
+    pub(super) fn on_user_gone(
+        &mut self,
+        user: Arc<str>,
+        core: usize,
+        conn: ConnRef,
+        rooms: Vec<Arc<str>>,
+    ) {
+        if let Some(grace_gen) = self
+            .users
+            .disconnect(&user, core, conn, &rooms, self.now_ms)
+        {
             let slot = self.grace_timers.insert((user, grace_gen)) as u32;
             let at = self.now_ms + self.shared.config.presence.grace.saturating_mul(1000);
             self.timer(at, slot as usize, grace_gen, TimerKind::PresenceGrace);
@@ -330,8 +343,6 @@ impl Core {
                 r.set_status(user, status);
             }
         }
-        self.presence_stamp = self.presence_stamp.wrapping_add(1);
-        let stamp = self.presence_stamp;
         let mut targets = std::mem::take(&mut self.key_scratch);
         targets.clear();
         for room in rooms {
@@ -342,15 +353,16 @@ impl Core {
                 if let Some(Conn {
                     state: State::Ws(ws),
                     ..
-                }) = self.conns.get_mut(key as usize)
-                    && ws.stamp != stamp
-                    && ws.user.as_deref() != Some(user)
+                }) = self.conns.get(key as usize)
+                    && !is_user(ws, user)
                 {
-                    ws.stamp = stamp;
                     targets.push(key as usize);
                 }
             }
         }
+        // Each connection once, even when it shares several rooms.
+        targets.sort_unstable();
+        targets.dedup();
         for &key in &targets {
             self.deliver_one(key, frame.clone());
         }
@@ -365,17 +377,9 @@ impl Core {
 
     /// Queues a shared frame to one connection as a room-style delivery.
     pub(super) fn deliver_one(&mut self, key: usize, frame: Bytes) {
-        if let Some(conn) = self.conns.get_mut(key) {
+        if self.conns.contains(key) {
             self.metrics.messages_out += 1;
-            queue_ws(
-                conn,
-                key,
-                frame,
-                self.backlogs,
-                &mut self.flush,
-                false,
-                &mut self.to_close,
-            );
+            self.queue_as(key, frame, false);
         }
     }
 
@@ -463,7 +467,7 @@ impl Core {
                     state: State::Ws(ws),
                     ..
                 }) = self.conns.get(key as usize)
-                    && ws.user.as_deref() != Some(except)
+                    && !is_user(ws, except)
                 {
                     targets.push(key as usize);
                 }
@@ -522,23 +526,24 @@ impl Core {
     }
 
     /// At the user's home core: fan a direct message or notification out
-    /// to the cores holding the user's connections.
+    /// to the cores holding the user's connections (naming them, so those
+    /// cores need no index of their own).
     pub(super) fn on_to_user(&mut self, user: Arc<str>, frame: Bytes, agg: AggRef) {
-        let cores: Vec<usize> = self
+        let by_core = self
             .users
             .get(&user)
-            .map(|u| u.cores().collect())
+            .map(|u| u.by_core())
             .unwrap_or_default();
         self.route(
             agg.core,
             BusMsg::AggExpect {
                 token: agg.token,
-                parts: cores.len() as u32,
+                parts: by_core.len() as u32,
             },
         );
-        for c in cores {
+        for (c, conns) in by_core {
             let msg = BusMsg::UserDeliver {
-                user: user.clone(),
+                conns,
                 frame: frame.clone(),
                 agg,
             };
@@ -546,28 +551,29 @@ impl Core {
         }
     }
 
-    /// Delivers to this core's connections of `user` and reports the count.
-    pub(super) fn on_user_deliver(&mut self, user: &str, frame: Bytes, agg: AggRef) {
-        let keys = self.local_users.get(user).cloned().unwrap_or_default();
-        let mut delivered = 0;
-        for key in keys {
-            if self.ws_open(key) {
-                self.deliver_one(key, frame.clone());
-                delivered += 1;
-            }
-        }
-        self.route(
-            agg.core,
-            BusMsg::AggDone {
-                token: agg.token,
-                delivered,
-            },
-        );
+    /// Delivers to these connections (those still there) and reports the
+    /// count.
+    pub(super) fn on_user_deliver(&mut self, conns: Vec<ConnRef>, frame: Bytes, agg: AggRef) {
+        let keys = conns
+            .into_iter()
+            .filter(|c| self.live(c.key as usize, c.generation))
+            .map(|c| c.key as usize)
+            .collect();
+        self.deliver_and_report(keys, frame, agg);
     }
 
-    /// Delivers to every authenticated connection of this core.
+    /// Delivers to every authenticated WebSocket connection of this core.
     pub(super) fn on_broadcast(&mut self, frame: Bytes, agg: AggRef) {
-        let keys: Vec<usize> = self.local_users.values().flatten().copied().collect();
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.state, State::Ws(ws) if ws.counted))
+            .map(|(k, _)| k)
+            .collect();
+        self.deliver_and_report(keys, frame, agg);
+    }
+
+    fn deliver_and_report(&mut self, keys: Vec<usize>, frame: Bytes, agg: AggRef) {
         let mut delivered = 0;
         for key in keys {
             if self.ws_open(key) {
@@ -611,6 +617,14 @@ impl Core {
             },
         );
     }
+}
+
+/// Whether the connection belongs to `user`.
+fn is_user(ws: &WsConn, user: &str) -> bool {
+    ws.session
+        .as_ref()
+        .and_then(|s| s.identity.as_ref())
+        .is_some_and(|i| &*i.user == user)
 }
 
 /// `{"error":{"code","message"}}`.

@@ -345,22 +345,6 @@ impl Core {
         }
     }
 
-    /// Input on a stream: only its end matters.
-    pub(super) fn sse_read(&mut self, key: usize) {
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            match conn.stream.read(&mut self.read_buf) {
-                Ok(0) => return self.remove_conn(key),
-                Ok(_) => {}
-                Err(e) if would_block(&e) => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.remove_conn(key),
-            }
-        }
-    }
-
     /// Heartbeat comment.
     pub(super) fn sse_ping(&mut self, key: usize, generation: u32) {
         if let Some(Conn {

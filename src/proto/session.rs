@@ -322,6 +322,36 @@ impl Session {
         out.push(Output::Close { code, reason });
     }
 
+    /// `start`, then the sender (`{"user",..}`) and `,"data":<data>`, with
+    /// `data` bounded by `max_message`; `None` after a `too_large` error.
+    fn sender_and_data(
+        &self,
+        start: &str,
+        ident: &Identity,
+        data: command::Data<'_, '_>,
+        id: Option<&Id>,
+        ctx: &Ctx<'_>,
+        out: &mut Vec<Output>,
+    ) -> Option<Vec<u8>> {
+        let mut head = String::with_capacity(64 + start.len());
+        head.push_str(start);
+        event::push_from(&mut head, &ident.user, ident.name.as_deref());
+        head.push_str(",\"data\":");
+        let mut bytes = head.into_bytes();
+        let prefix = bytes.len();
+        data.write_json(&mut bytes);
+        if bytes.len() - prefix > ctx.cfg.max_message {
+            self.error(
+                id,
+                ErrorCode::TooLarge,
+                "data is larger than max_message",
+                out,
+            );
+            return None;
+        }
+        Some(bytes)
+    }
+
     fn error(&self, id: Option<&Id>, code: ErrorCode, message: &str, out: &mut Vec<Output>) {
         out.push(Output::Frame(event::error(id, code, message)));
         out.push(Output::Error(code));
@@ -406,20 +436,9 @@ impl Session {
                         self.error(id, ErrorCode::Forbidden, "not allowed to publish here", out)
                     };
                 }
-                let mut tail = String::with_capacity(64);
-                event::push_from(&mut tail, &ident.user, ident.name.as_deref());
-                tail.push_str(",\"data\":");
-                let mut bytes = tail.into_bytes();
-                let prefix = bytes.len();
-                data.write_json(&mut bytes);
-                if bytes.len() - prefix > ctx.cfg.max_message {
-                    return self.error(
-                        id,
-                        ErrorCode::TooLarge,
-                        "data is larger than max_message",
-                        out,
-                    );
-                }
+                let Some(mut bytes) = self.sender_and_data("", ident, data, id, ctx, out) else {
+                    return;
+                };
                 bytes.push(b'}');
                 let Ok(tail) = String::from_utf8(bytes) else {
                     return self.error(id, ErrorCode::Internal, "encoding failed", out);
@@ -531,21 +550,10 @@ impl Session {
                         out,
                     );
                 }
-                let mut ev = String::with_capacity(64);
-                ev.push_str("{\"type\":\"direct\",\"from\":");
-                event::push_from(&mut ev, &ident.user, ident.name.as_deref());
-                ev.push_str(",\"data\":");
-                let mut bytes = ev.into_bytes();
-                let prefix = bytes.len();
-                data.write_json(&mut bytes);
-                if bytes.len() - prefix > ctx.cfg.max_message {
-                    return self.error(
-                        id,
-                        ErrorCode::TooLarge,
-                        "data is larger than max_message",
-                        out,
-                    );
-                }
+                let start = "{\"type\":\"direct\",\"from\":";
+                let Some(mut bytes) = self.sender_and_data(start, ident, data, id, ctx, out) else {
+                    return;
+                };
                 bytes.extend_from_slice(b",\"ts\":");
                 bytes.extend_from_slice(itoa::Buffer::new().format(ctx.unix_ms()).as_bytes());
                 bytes.push(b'}');
