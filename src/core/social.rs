@@ -2,8 +2,8 @@
 //! notifications and broadcasts, and of gathering counts across cores
 //! (`delivered`, stats).
 //!
-//! Users have a home core (`home_core(user)`) that counts their
-//! connections per core (`presence::UserHomes`); rooms keep typing state
+//! Users have a home core (`home_core(user)`) that knows their
+//! connections (`presence::UserHomes`); rooms keep typing state
 //! and member statuses at the room's home core. Everything moves over the
 //! bus as in the rest of the core; nothing here blocks or locks. A count
 //! gathered from several cores is an [`Agg`] on the asking core, finished
