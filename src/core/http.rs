@@ -171,23 +171,24 @@ fn reason(status: u16) -> &'static str {
 /// A complete response with a body of `content_type`; the connection
 /// closes after it.
 pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let mut out = String::with_capacity(160 + body.len());
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\r\n",
-        reason(status),
-        body.len()
-    );
-    out.push_str(body);
-    out.into_bytes()
+    response_with(status, content_type, &[], body)
 }
 
 /// A complete response with a JSON body; the connection closes after it.
 pub fn json_response(status: u16, extra_headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    response_with(status, "application/json", extra_headers, body)
+}
+
+fn response_with(
+    status: u16,
+    content_type: &str,
+    extra_headers: &[(&str, &str)],
+    body: &str,
+) -> Vec<u8> {
     let mut head = String::with_capacity(160 + body.len());
     let _ = write!(
         head,
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n",
         reason(status),
         body.len()
     );
@@ -199,6 +200,16 @@ pub fn json_response(status: u16, extra_headers: &[(&str, &str)], body: &str) ->
     head.into_bytes()
 }
 
+/// The body of an error: `{"error":{"code":..,"message":..}}`.
+pub fn error_body(code: &str, message: &str) -> String {
+    let mut body = String::from("{\"error\":{\"code\":");
+    crate::proto::event::push_json_str(&mut body, code);
+    body.push_str(",\"message\":");
+    crate::proto::event::push_json_str(&mut body, message);
+    body.push_str("}}");
+    body
+}
+
 /// A JSON error response: `{"error":{"code":..,"message":..}}`.
 pub fn error_response(
     status: u16,
@@ -206,12 +217,7 @@ pub fn error_response(
     message: &str,
     extra_headers: &[(&str, &str)],
 ) -> Vec<u8> {
-    let mut body = String::from("{\"error\":{\"code\":");
-    crate::proto::event::push_json_str(&mut body, code);
-    body.push_str(",\"message\":");
-    crate::proto::event::push_json_str(&mut body, message);
-    body.push_str("}}");
-    json_response(status, extra_headers, &body)
+    json_response(status, extra_headers, &error_body(code, message))
 }
 
 /// The 101 answer to a valid upgrade with key `key`.
@@ -226,17 +232,7 @@ pub fn switching_protocols(key: &str) -> Vec<u8> {
 /// Appends an unmasked, final server text frame carrying `payload` (the
 /// framing of RFC 6455 section 5.2; servers never mask).
 pub fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.push(0x81);
-    let n = payload.len();
-    if n < 126 {
-        out.push(n as u8);
-    } else if n <= 0xffff {
-        out.push(126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
+    super::outq::push_header(out, super::outq::TEXT, payload.len());
     out.extend_from_slice(payload);
 }
 

@@ -347,8 +347,6 @@ pub struct Core {
     metrics: crate::metrics::CoreMetrics,
     /// (messages in, out) at the last tick, and the rates over it.
     rates: (u64, u64, u64, u64),
-    /// SSE streams open here.
-    sse_count: usize,
     /// SSE streams per room (kept apart so room deliveries to WebSocket
     /// members pay nothing for SSE).
     sse_rooms: LocalRooms,
@@ -439,7 +437,6 @@ impl Core {
             key_scratch: Vec::new(),
             metrics: crate::metrics::CoreMetrics::default(),
             rates: (0, 0, 0, 0),
-            sse_count: 0,
             sse_rooms: LocalRooms::default(),
             now_us: 0,
             iterations: 0,
@@ -2048,7 +2045,7 @@ impl Core {
             let msg = BusMsg::HttpReply {
                 conn: reply.conn,
                 status,
-                body: social::error_body(code.as_str(), message),
+                body: http::error_body(code.as_str(), message),
             };
             return self.route(reply.core, msg);
         }

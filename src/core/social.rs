@@ -105,7 +105,7 @@ impl Core {
                 snaps.sort_by_key(|s| s.core);
                 if metrics && timed_out {
                     // Partial sums would look like counter resets.
-                    let body = error_body("unavailable", "a core did not answer in time");
+                    let body = http::error_body("unavailable", "a core did not answer in time");
                     self.http_answer(conn, 503, body);
                 } else if metrics {
                     let text = crate::metrics::encode_prometheus(snaps);
@@ -166,15 +166,18 @@ impl Core {
 
     /// This core's counters, for a scrape.
     pub(super) fn snapshot(&self) -> crate::metrics::Snapshot {
-        let conns = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, State::Ws(_)))
-            .count() as u64;
+        let (mut conns, mut sse) = (0, 0);
+        for (_, c) in self.conns.iter() {
+            match c.state {
+                State::Ws(_) => conns += 1,
+                State::Sse(_) => sse += 1,
+                State::Http(_) => {}
+            }
+        }
         crate::metrics::Snapshot {
             core: self.id,
             connections: conns,
-            sse: self.sse_count as u64,
+            sse,
             users: self.users.online() as u64,
             rooms: self.home.len() as u64,
             in_per_s: self.rates.2,
@@ -517,7 +520,7 @@ impl Core {
                     ),
                     None => (
                         404,
-                        error_body("not_found", "no such room (no members, no history)"),
+                        http::error_body("not_found", "no such room (no members, no history)"),
                     ),
                 };
                 self.route(core, BusMsg::HttpReply { conn, status, body });
@@ -625,16 +628,6 @@ fn is_user(ws: &WsConn, user: &str) -> bool {
         .as_ref()
         .and_then(|s| s.identity.as_ref())
         .is_some_and(|i| &*i.user == user)
-}
-
-/// `{"error":{"code","message"}}`.
-pub(super) fn error_body(code: &str, message: &str) -> String {
-    let mut body = String::from("{\"error\":{\"code\":");
-    event::push_json_str(&mut body, code);
-    body.push_str(",\"message\":");
-    event::push_json_str(&mut body, message);
-    body.push_str("}}");
-    body
 }
 
 /// The `/api/stats` body.

@@ -27,8 +27,6 @@ pub(super) struct SseConn {
     rooms: Vec<SseRoom>,
     out: Vec<u8>,
     written: usize,
-    /// Joins not answered yet.
-    joining: usize,
 }
 
 struct SseRoom {
@@ -177,12 +175,10 @@ impl Core {
         let name = ident.name.clone();
         conn.state = State::Sse(Box::new(SseConn {
             ident,
-            joining: rooms.len(),
             rooms,
             out: head.as_bytes().to_vec(),
             written: 0,
         }));
-        self.sse_count += 1;
         let cores = self.bus.cores();
         let conn_ref = ConnRef {
             key: key as u32,
@@ -239,7 +235,6 @@ impl Core {
         let seq = json_num(json, b"\"seq\":").unwrap_or(0);
         let recovered = memchr::memmem::find(json, b"\"recovered\":false").is_none();
         let resumed = memchr::memmem::find(json, b"\"recovered\":").is_some();
-        s.joining = s.joining.saturating_sub(1);
         let slot = self.sse_rooms.add(room, key);
         if let Some(r) = s.rooms.iter_mut().find(|r| r.name == *room) {
             r.slot = Some(slot);
@@ -380,7 +375,6 @@ impl Core {
 
     /// A stream is gone: leave its rooms.
     pub(super) fn sse_gone(&mut self, s: SseConn) {
-        self.sse_count = self.sse_count.saturating_sub(1);
         let cores = self.bus.cores();
         for r in s.rooms {
             let Some(slot) = r.slot else {
