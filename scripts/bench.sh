@@ -17,6 +17,8 @@
 #   GEN_THREADS load generator threads (default: CPUs in GEN_CPUS)
 #   OUT         report path (default docs/BENCHMARKS.md)
 #   CASES       subset of cases to run (default: all)
+#   BASE_BIN    another corecast binary; SERVERS="corecast base" then
+#               compares this build against it (A/B of a change)
 #
 # Each run starts a fresh server pinned with taskset, drives it with
 # corecast-load (pinned to the other CPUs) and reads the server's CPU time
@@ -67,14 +69,16 @@ start_server() {
     local name=$1; shift
     local log="$RAW/server-$name.log"
     case "$name" in
-        corecast)
+        corecast|base)
             # Engine comparisons run with history in memory (the variants
             # keep none); the durability cases pass their own mode.
+            local bin=target/release/corecast
+            [ "$name" = base ] && bin=${BASE_BIN:?BASE_BIN names the binary to compare with}
             env CORECAST_HISTORY__DURABILITY=memory "$@" \
                 CORECAST_LISTEN="127.0.0.1:$PORT" CORECAST_ECHO=true CORECAST_LOG=warn \
                 CORECAST_LIMITS__RATE_PER_SEC=1000000000 CORECAST_LIMITS__RATE_BURST=1000000000 \
                 CORECAST_LIMITS__MAX_ROOMS=1000 \
-                taskset -c "$SERVER_CPUS" target/release/corecast --cores "$SERVER_CORES" 2>"$log" &
+                taskset -c "$SERVER_CPUS" "$bin" --cores "$SERVER_CORES" 2>"$log" &
             ;;
         tokio|axum)
             taskset -c "$SERVER_CPUS" "target/release/corecast-$name" \

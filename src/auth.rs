@@ -227,6 +227,14 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Unix time in milliseconds (event timestamps).
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// What `corecast token` (and tests) sign.
 #[derive(Debug, Clone, Default)]
 pub struct TokenSpec {

@@ -82,6 +82,73 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// The HTTP API.
     pub api: ApiConfig,
+    /// Several nodes joined through Redis (absent: one node).
+    pub cluster: ClusterConfig,
+}
+
+/// Default key and channel prefix in Redis.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "cc";
+
+/// How the Redis of `[cluster]` is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    /// One Redis server (with replicas for failover, if any).
+    Standalone,
+    /// Redis Cluster (seed URLs).
+    Cluster,
+    /// Redis Sentinel (sentinel URLs and `master`).
+    Sentinel,
+}
+
+/// `[cluster]`: nodes joined through Redis behave as one server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Redis URL(s), `redis://[user:password@]host:port/db` or `rediss://`
+    /// (TLS); none = a single node without Redis.
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub redis: Vec<String>,
+    /// How Redis is deployed.
+    pub mode: ClusterMode,
+    /// The Sentinel master name (mode `sentinel`).
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub master: Option<String>,
+    /// This node's name, unique in the cluster; default: the host:port it
+    /// listens on.
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub node: Option<String>,
+    /// Prefix of every key and channel in Redis.
+    #[serde(deserialize_with = "lenient_string")]
+    pub prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: Vec::new(),
+            mode: ClusterMode::Standalone,
+            master: None,
+            node: None,
+            prefix: DEFAULT_CLUSTER_PREFIX.to_string(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether the server runs as a node of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+}
+
+/// Whether `s` is 1..=`max` bytes of `[A-Za-z0-9_:.-]` (node names and
+/// prefixes: they become parts of Redis keys and channels).
+fn plain_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
 }
 
 /// `[presence]`.
@@ -242,6 +309,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
             api: ApiConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -479,7 +547,54 @@ impl Config {
                 l.echo_max_message
             ));
         }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let c = &self.cluster;
+        if !plain_name(&c.prefix, 64) {
+            return err(format!(
+                "cluster.prefix: {:?} must be 1-64 bytes of [A-Za-z0-9_:.-]",
+                c.prefix
+            ));
+        }
+        if let Some(node) = &c.node
+            && !plain_name(node, 128)
+        {
+            return err(format!(
+                "cluster.node: {node:?} must be 1-128 bytes of [A-Za-z0-9_:.-]"
+            ));
+        }
+        if !c.enabled() {
+            return Ok(());
+        }
+        if c.mode != ClusterMode::Standalone {
+            return err(format!(
+                "cluster.mode: {:?} is not supported yet; use \"standalone\"",
+                c.mode
+            ));
+        }
+        if c.redis.len() != 1 {
+            return err("cluster.redis: standalone mode takes exactly one URL".into());
+        }
+        for url in &c.redis {
+            if let Err(e) = crate::engine::redis::conn::Target::parse(url) {
+                return err(format!("cluster.redis: {e}"));
+            }
+        }
         Ok(())
+    }
+
+    /// This node's name in cluster mode, given the address it listens on
+    /// (after a requested port 0 was resolved); `None` without `[cluster]`.
+    pub fn node_name(&self, bound: SocketAddr) -> Option<String> {
+        self.cluster.enabled().then(|| {
+            self.cluster
+                .node
+                .clone()
+                .unwrap_or_else(|| bound.to_string())
+        })
     }
 
     /// The listen address (validated).
@@ -662,7 +777,7 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap();
-        let modes = crate::history::RoomModes::new(&c.history);
+        let modes = crate::engine::memory::history::RoomModes::new(&c.history);
         assert_eq!(
             modes.of("cursor:x"),
             Durability::Memory,
@@ -680,7 +795,7 @@ mod tests {
         assert!(err.to_string().contains("history.async_rooms"), "{err}");
         let mut all_memory = c.history.clone();
         all_memory.durability = Durability::Memory;
-        let modes = crate::history::RoomModes::new(&all_memory);
+        let modes = crate::engine::memory::history::RoomModes::new(&all_memory);
         assert_eq!(
             modes.of("feed:1"),
             Durability::Memory,

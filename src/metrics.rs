@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 
 /// Every error code, in a fixed order (index = [`code_index`]).
-pub const ERROR_CODES: [ErrorCode; 14] = [
+pub const ERROR_CODES: [ErrorCode; 15] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
     ErrorCode::MissingField,
@@ -35,6 +35,7 @@ pub const ERROR_CODES: [ErrorCode; 14] = [
     ErrorCode::RateLimited,
     ErrorCode::Unsupported,
     ErrorCode::Overloaded,
+    ErrorCode::Unavailable,
     ErrorCode::Internal,
 ];
 
@@ -67,7 +68,7 @@ pub struct CoreMetrics {
     /// Messages published into rooms homed here.
     pub published: u64,
     /// `error` events sent, by code ([`ERROR_CODES`] order).
-    pub errors: [u64; 14],
+    pub errors: [u64; ERROR_CODES.len()],
     /// Connections closed by the server, by close code.
     pub closes: BTreeMap<u16, u64>,
     /// HTTP requests answered with an error status (upgrades refused
@@ -92,7 +93,7 @@ impl Default for CoreMetrics {
             bytes_in: 0,
             bytes_out: 0,
             published: 0,
-            errors: [0; 14],
+            errors: [0; ERROR_CODES.len()],
             closes: BTreeMap::new(),
             http_errors: BTreeMap::new(),
             upgrades: 0,

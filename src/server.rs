@@ -4,12 +4,13 @@
 //!
 //! Owns thread lifecycle only; it must not do any per-connection work.
 
-use crate::bus::home_core;
 use crate::bus::{Bus, BusMsg};
 use crate::config::{Config, ConfigError};
 use crate::core::{Core, CoreInit, Shared, WAKER, listener};
-use crate::history::Retention;
-use crate::store::{Store, StoreError, StoreHandle, StoreMsg};
+use crate::engine::memory::history::Retention;
+use crate::engine::memory::store::{Store, StoreError, StoreHandle, StoreMsg};
+use crate::engine::memory::{self, Home};
+use crate::engine::{Link, home_core};
 use mio::{Poll, Waker};
 use std::io;
 use std::net::SocketAddr;
@@ -80,7 +81,7 @@ impl Server {
         // the start, and every room's history is in place for the first
         // client.
         let h = &config.history;
-        let opened = if h.uses_store() {
+        let opened = if h.uses_store() && !config.cluster.enabled() {
             let retention = Retention {
                 size: h.size,
                 ttl_ms: h.ttl.saturating_mul(1000),
@@ -113,7 +114,8 @@ impl Server {
             polls.push(poll);
         }
         let bus = Bus::new(senders, wakers);
-        let shared = Arc::new(Shared::new(config, cores));
+        let node = config.node_name(addr);
+        let shared = Arc::new(Shared::new(config, cores, node));
         let mut loaded: Vec<Vec<_>> = (0..cores).map(|_| Vec::new()).collect();
         let store = match opened {
             None => None,
@@ -134,6 +136,19 @@ impl Server {
             .zip(loaded)
             .enumerate()
         {
+            let now_ms = shared.now_ms();
+            let clock = memory::Clock {
+                now_ms,
+                now_us: now_ms * 1000,
+            };
+            let home = Home::new(
+                id,
+                cores,
+                &shared.config,
+                store.as_ref().map(|(h, _)| h.clone()),
+                loaded,
+                clock,
+            );
             let init = CoreInit {
                 id,
                 poll,
@@ -141,8 +156,8 @@ impl Server {
                 inbox,
                 bus: bus.clone(),
                 shared: shared.clone(),
-                store: store.as_ref().map(|(h, _)| h.clone()),
-                loaded,
+                link: Link::Memory,
+                home: Some(home),
             };
             let cpu = pin.then(|| cpus[id % cpus.len()]);
             let handle = std::thread::Builder::new()

@@ -4,17 +4,24 @@
 //! A request is authenticated with `Authorization: Bearer <api key>`
 //! (`auth.api_keys`), rate limited per core (`api.rate_per_sec`), and its
 //! bounded JSON body (`api.max_body`) parsed with serde_json — these are
-//! control-plane requests, not the hot path. Anything that needs another
-//! core (a room's home, a user's home, every core's counters) goes over the
-//! bus like a WebSocket command; the connection waits in
-//! [`Then::Waiting`] and is answered by [`BusMsg::HttpReply`] or a finished
+//! control-plane requests, not the hot path. Anything that needs the
+//! engine (a room, a user, every connection) becomes an engine command
+//! like a WebSocket command's, and every core's counters are gathered over
+//! the bus; the connection waits in [`Then::Waiting`] and is answered by an
+//! [`Event::HttpReply`](crate::engine::Event::HttpReply) or a finished
 //! gathering, so the loop never blocks. This module must not hold state of
 //! its own beyond the request it is answering.
 
-use super::social::AggTarget;
-use super::*;
-use crate::bus::Answer;
+use super::agg::AggTarget;
+use super::conn::{Conn, State, Then};
+use super::http::{self, error_response, json_response};
+use super::{Core, outq};
+use crate::engine::{Answer, Command, ConnRef, ReplyTo};
+use crate::proto::event::{self, Event};
+use crate::proto::ratelimit::Verdict;
+use bytes::Bytes;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Most users one `/api/notify` may name.
 const MAX_NOTIFY_USERS: usize = 10_000;
@@ -66,20 +73,16 @@ impl Core {
                 return self.http_error(key, 400, "invalid_room", "invalid room name");
             }
             let room: Arc<str> = room.into();
-            let home = home_core(&room, self.bus.cores());
             self.wait(key);
             let answer = Answer::Http {
                 core: self.id,
                 conn,
             };
-            return self.route(
-                home,
-                BusMsg::Members {
-                    room,
-                    id: None,
-                    answer,
-                },
-            );
+            return self.submit(Command::Members {
+                room,
+                id: None,
+                answer,
+            });
         }
         if path == "/api/stats" {
             self.wait(key);
@@ -153,7 +156,6 @@ impl Core {
         };
         let tail = event::message_tail("server", None, &data);
         let room: Arc<str> = room.into();
-        let home = home_core(&room, self.bus.cores());
         self.wait(key);
         let reply = Some(ReplyTo {
             core: self.id,
@@ -161,7 +163,7 @@ impl Core {
             id: None,
             http: true,
         });
-        self.route(home, BusMsg::Publish { room, reply, tail });
+        self.submit(Command::Publish { room, reply, tail });
     }
 
     fn api_notify(&mut self, key: usize, conn: ConnRef, v: &Value) {
@@ -203,14 +205,12 @@ impl Core {
         let frame = notification_frame(&data, self.unix_ms());
         self.wait(key);
         let agg = self.agg_start(AggTarget::Delivered { conn }, users.len() as u32, 0);
-        let cores = self.bus.cores();
         for user in users {
-            let msg = BusMsg::ToUser {
-                user: user.clone(),
+            self.submit(Command::ToUser {
+                user,
                 frame: frame.clone(),
                 agg,
-            };
-            self.route(home_core(&user, cores), msg);
+            });
         }
     }
 
@@ -220,15 +220,14 @@ impl Core {
         };
         let frame = notification_frame(&data, self.unix_ms());
         self.wait(key);
-        let cores = self.bus.cores();
-        let agg = self.agg_start(AggTarget::Delivered { conn }, 0, cores as u32);
-        for core in 0..cores {
-            let msg = BusMsg::Broadcast {
-                frame: frame.clone(),
-                agg,
-            };
-            self.route(core, msg);
-        }
+        // One report per core of this node (memory), or one from the bridge
+        // with the whole cluster's count (Redis).
+        let parts = match self.link {
+            crate::engine::Link::Memory => self.bus.cores() as u32,
+            crate::engine::Link::Redis(_) => 1,
+        };
+        let agg = self.agg_start(AggTarget::Delivered { conn }, 0, parts);
+        self.submit(Command::Broadcast { frame, agg });
     }
 
     fn api_tokens(&mut self, key: usize, v: &Value) {
@@ -301,15 +300,6 @@ impl Core {
             return None;
         }
         Some(data)
-    }
-
-    /// Asks every core for its counters; answers `/api/stats` or `/metrics`.
-    pub(super) fn gather_stats(&mut self, conn: ConnRef, metrics: bool) {
-        let cores = self.bus.cores();
-        let agg = self.agg_start(AggTarget::Stats { conn, metrics }, 0, cores as u32);
-        for core in 0..cores {
-            self.route(core, BusMsg::StatsRequest { agg });
-        }
     }
 
     /// The connection waits for a bus answer.

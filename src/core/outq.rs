@@ -28,44 +28,7 @@ const INLINE_PAYLOAD: usize = 4096;
 /// The tail buffer keeps its allocation between flushes up to this size.
 const TAIL_KEEP: usize = 4096;
 
-/// Opcode of a text frame.
-pub const TEXT: u8 = 0x1;
-/// Opcode of a binary frame.
-pub const BINARY: u8 = 0x2;
-
-/// Appends the header of an unmasked, final frame (RFC 6455 section 5.2).
-pub fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if len <= 0xffff {
-        out.push(126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-}
-
-/// A complete text frame carrying `payload`, in one allocation.
-pub fn text_frame(payload: &[u8]) -> Bytes {
-    let mut v = Vec::with_capacity(payload.len() + 10);
-    push_header(&mut v, TEXT, payload.len());
-    v.extend_from_slice(payload);
-    Bytes::from(v)
-}
-
-/// Length of the header of a server frame whose total length is
-/// `frame_len` (the inverse of [`text_frame`]'s framing).
-pub fn header_len(frame_len: usize) -> u8 {
-    if frame_len < 2 + 126 {
-        2
-    } else if frame_len <= 4 + 0xffff {
-        4
-    } else {
-        10
-    }
-}
+pub use crate::frame::{BINARY, TEXT, header_len, push_header, text_frame};
 
 /// Queued output of one connection: shared frames, then a private tail
 /// buffer that small frames built for this connection alone (replies,

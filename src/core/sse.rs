@@ -16,9 +16,18 @@
 //! This module must not change the shared frames: it re-frames each event
 //! as SSE text per stream, which is why SSE is not the fan-out fast path.
 
-use super::*;
+use super::conn::{Conn, State};
+use super::{Core, TimerKind, http, would_block};
 use crate::auth::Identity;
+use crate::engine::{Command, ConnRef};
+use crate::proto::close;
 use crate::proto::command::Since;
+use crate::proto::event::Event;
+use bytes::Bytes;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tracing::debug;
 
 /// An SSE stream.
 pub(super) struct SseConn {
@@ -179,7 +188,6 @@ impl Core {
             out: head.as_bytes().to_vec(),
             written: 0,
         }));
-        let cores = self.bus.cores();
         let conn_ref = ConnRef {
             key: key as u32,
             generation,
@@ -189,9 +197,8 @@ impl Core {
                 .iter()
                 .find(|(r, _)| *r == room)
                 .map(|(_, s)| s.clone());
-            let room: Arc<str> = room.into();
-            let msg = BusMsg::Join {
-                room: room.clone(),
+            self.submit(Command::Join {
+                room: room.into(),
                 core: self.id,
                 conn: conn_ref,
                 user: user.clone(),
@@ -199,8 +206,7 @@ impl Core {
                 id: None,
                 since,
                 rejoin: false,
-            };
-            self.route(home_core(&room, cores), msg);
+            });
         }
         let hb = self.shared.config.heartbeat * 1000;
         self.timer(self.now_ms + hb, key, generation, TimerKind::Heartbeat);
@@ -213,8 +219,10 @@ impl Core {
         self.sse_write(key);
     }
 
-    /// The home core answered an SSE stream's join: the stream becomes a
-    /// member, gets the replay, and a `reset` when it could not resume.
+    /// The engine answered an SSE stream's join: the stream becomes a
+    /// member, gets the replay, and a `reset` when it could not resume. A
+    /// refused join (the engine is unavailable) ends the stream, so the
+    /// client's EventSource reconnects and resumes.
     /// Returns false when `key` is not an SSE stream.
     pub(super) fn sse_join_acked(
         &mut self,
@@ -222,6 +230,7 @@ impl Core {
         room: &Arc<str>,
         replay: Vec<Bytes>,
         ack: &Bytes,
+        refused: bool,
     ) -> bool {
         let Some(Conn {
             state: State::Sse(s),
@@ -230,6 +239,11 @@ impl Core {
         else {
             return false;
         };
+        if refused {
+            debug!(core = self.id, room = %room, "SSE stream closed: join refused");
+            self.remove_conn(key);
+            return true;
+        }
         let json = frame_json(ack);
         let epoch: Arc<str> = json_str(json, b"\"epoch\":\"").unwrap_or("").into();
         let seq = json_num(json, b"\"seq\":").unwrap_or(0);
@@ -375,18 +389,16 @@ impl Core {
 
     /// A stream is gone: leave its rooms.
     pub(super) fn sse_gone(&mut self, s: SseConn) {
-        let cores = self.bus.cores();
         for r in s.rooms {
             let Some(slot) = r.slot else {
                 continue; // its join is still out: the ack will find it gone
             };
             self.sse_rooms.remove(&r.name, slot);
-            let msg = BusMsg::Leave {
-                room: r.name.clone(),
+            self.submit(Command::Leave {
+                room: r.name,
                 core: self.id,
                 user: s.ident.user.clone(),
-            };
-            self.route(home_core(&r.name, cores), msg);
+            });
         }
     }
 }

@@ -23,6 +23,41 @@ pub fn valid_room(room: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
 }
 
+/// A user's presence status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Connected.
+    Online,
+    /// Connected, away.
+    Away,
+    /// Connected, busy.
+    Busy,
+    /// No connection for the grace period.
+    Offline,
+}
+
+impl Status {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Away => "away",
+            Status::Busy => "busy",
+            Status::Offline => "offline",
+        }
+    }
+
+    /// A status a client may set.
+    pub fn parse_settable(s: &str) -> Option<Status> {
+        match s {
+            "online" => Some(Status::Online),
+            "away" => Some(Status::Away),
+            "busy" => Some(Status::Busy),
+            _ => None,
+        }
+    }
+}
+
 /// The error codes of PROTOCOL section 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -52,6 +87,8 @@ pub enum ErrorCode {
     Unsupported,
     /// The server cannot take the command now.
     Overloaded,
+    /// The server cannot reach its cluster engine (Redis); retry later.
+    Unavailable,
     /// A server-side failure.
     Internal,
 }
@@ -73,7 +110,21 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status the API answers this code with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Overloaded | ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            _ => 400,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Ctx<'a> {
     pub unix_s: u64,
     /// Index of the core that owns the connection (announced in `welcome`).
     pub core: usize,
+    /// The node's name in cluster mode (announced in `welcome`).
+    pub node: Option<&'a str>,
 }
 
 impl Ctx<'_> {
@@ -154,7 +156,7 @@ pub enum Output {
     /// The user set a presence status (to the user's home core).
     Presence {
         /// New status.
-        status: crate::presence::Status,
+        status: crate::proto::Status,
     },
     /// A direct message to every connection of user `to`; the core acks
     /// with `delivered`.
@@ -230,6 +232,7 @@ impl Session {
             .num("heartbeat", ctx.cfg.heartbeat)
             .raw("limits", &ctx.cfg.limits_json)
             .num("core", ctx.core as u64)
+            .maybe_str("node", ctx.node)
             .finish()
     }
 
@@ -533,7 +536,7 @@ impl Session {
                 });
             }
             Command::Presence { status } => {
-                use crate::presence::Status as S;
+                use crate::proto::Status as S;
                 let status = match status {
                     command::Status::Online => S::Online,
                     command::Status::Away => S::Away,
@@ -655,6 +658,7 @@ mod tests {
                 now_ms: self.now_ms,
                 unix_s: unix_now(),
                 core: 0,
+                node: None,
             }
         }
         fn anon(&self) -> Session {
@@ -673,6 +677,7 @@ mod tests {
                 now_ms: self.now_ms,
                 unix_s: unix_now(),
                 core: 0,
+                node: None,
             };
             s.handle_text(frame.as_bytes(), &mut self.parser, &ctx, &mut out);
             // Error counts are for the metrics; the tests look at frames.
@@ -796,7 +801,7 @@ mod tests {
         assert!(matches!(
             &out[0],
             Output::Presence {
-                status: crate::presence::Status::Busy
+                status: crate::proto::Status::Busy
             }
         ));
     }

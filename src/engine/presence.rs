@@ -1,56 +1,25 @@
-//! Users at their home core: how many connections each user has on which
-//! core, their presence status, and the rooms their connections are in —
-//! the state behind `presence` events, `direct` messages and notifications.
+//! A user's connections and presence as one holder sees them: which
+//! connections (core, connection) a user has, their status, the rooms
+//! their connections are in, and the grace period after the last one
+//! went. The memory engine keeps one [`UserTable`] per home core (for the
+//! users homed there); the Redis engine keeps one per node (for the users
+//! with connections on it).
 //!
-//! A user's home core is `bus::home_core(user)`, like a room's. Cores tell
-//! it when a connection of the user authenticates or goes away, and when
-//! one joins or leaves a room. Presence is per user, not per connection: a
-//! user is online while any connection is, and goes `offline` only after
-//! the last one has been gone for the grace period (a reconnect within it
-//! changes nothing). The rooms of a user who just left are kept through the
-//! grace period, so the `offline` event reaches the people who shared them.
+//! Presence is per user, not per connection: a user is online while any
+//! connection is, and goes `offline` only after the last one has been gone
+//! for the grace period (a reconnect within it changes nothing). The rooms
+//! of a user who just left are kept through the grace period, so the
+//! `offline` event reaches the people who shared them.
 //!
-//! This module must not send anything or arm timers: the core loop routes
-//! what these functions decide and runs the grace timer.
+//! This module must not send anything or arm timers: its owners do.
 
-use crate::bus::ConnRef;
+use crate::engine::ConnRef;
+use crate::frame::text_frame;
+use crate::proto::Status;
+use crate::proto::event::Event as Ev;
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A user's presence status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Connected.
-    Online,
-    /// Connected, away.
-    Away,
-    /// Connected, busy.
-    Busy,
-    /// No connection for the grace period.
-    Offline,
-}
-
-impl Status {
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Online => "online",
-            Status::Away => "away",
-            Status::Busy => "busy",
-            Status::Offline => "offline",
-        }
-    }
-
-    /// A status a client may set.
-    pub fn parse_settable(s: &str) -> Option<Status> {
-        match s {
-            "online" => Some(Status::Online),
-            "away" => Some(Status::Away),
-            "busy" => Some(Status::Busy),
-            _ => None,
-        }
-    }
-}
 
 /// One user at its home core. Every connected user has one, so the common
 /// case — one connection, no room, online — is a 16-byte value; anything
@@ -150,9 +119,9 @@ impl UserHome {
     }
 }
 
-/// Users whose home is this core.
+/// The table of users whose home is this core (state only).
 #[derive(Debug, Default)]
-pub struct UserHomes {
+pub struct UserTable {
     users: HashMap<Arc<str>, UserHome>,
 }
 
@@ -165,10 +134,10 @@ pub struct Change {
     pub rooms: Vec<Arc<str>>,
 }
 
-impl UserHomes {
+impl UserTable {
     /// An empty table.
     pub fn new() -> Self {
-        UserHomes::default()
+        UserTable::default()
     }
 
     /// The user, if known (connected or within the grace).
@@ -314,6 +283,15 @@ impl UserHomes {
     }
 }
 
+/// The `presence` event, framed.
+pub fn presence_frame(user: &str, status: Status) -> Bytes {
+    let ev = Ev::new("presence")
+        .str("user", user)
+        .str("status", status.as_str())
+        .finish();
+    text_frame(ev.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +306,7 @@ mod tests {
 
     #[test]
     fn online_once_across_cores_offline_after_the_last_and_the_grace() {
-        let mut h = UserHomes::new();
+        let mut h = UserTable::new();
         let (u, r) = (a("u"), a("room"));
         assert!(h.connect(&u, 0, c(7)), "first connection: online");
         assert!(!h.connect(&u, 1, c(7)), "second connection on another core");
@@ -363,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_reconnect_within_the_grace_does_not_flap() {
-        let mut h = UserHomes::new();
+        let mut h = UserTable::new();
         let (u, r) = (a("u"), a("room"));
         h.connect(&u, 0, c(1));
         h.room_joined("u", &r);
@@ -381,7 +359,7 @@ mod tests {
 
     #[test]
     fn status_changes_reach_the_current_rooms_only_when_they_change() {
-        let mut h = UserHomes::new();
+        let mut h = UserTable::new();
         let (u, r1, r2) = (a("u"), a("r1"), a("r2"));
         h.connect(&u, 0, c(1));
         assert_eq!(

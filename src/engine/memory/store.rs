@@ -5,7 +5,7 @@
 //! per publish, no lock). The store thread takes everything queued, writes
 //! it as one batch, and (when any message in it asked for `sync`) makes the
 //! batch durable with one `fdatasync` before it tells the home cores, over
-//! the bus, which seqs are safe ([`BusMsg::Stored`]). While that fsync runs
+//! the bus, which seqs are safe ([`HomeMsg::Stored`]). While that fsync runs
 //! the next messages queue up, so one fsync covers every message that
 //! arrived during the previous one: throughput grows with load instead of
 //! being capped at one fsync per message.
@@ -28,7 +28,7 @@
 //! recovery reaches back equally far before and after a restart.
 //!
 //! A failed write (disk full, I/O error) is never reported as stored: the
-//! rooms of that batch get [`BusMsg::StoreFailed`] (their publishers get
+//! rooms of that batch get [`HomeMsg::StoreFailed`] (their publishers get
 //! `error internal` and the home core rolls the seq back) and the store
 //! ignores their further appends until the home core sends
 //! [`StoreMsg::Reset`]. fjall refuses every write after a failed fsync
@@ -38,8 +38,9 @@
 //! This module must not touch connections or frames on the wire; it only
 //! stores and loads what the home cores give it.
 
-use crate::bus::{Bus, BusMsg};
-use crate::history::{Entry, Retention};
+use super::HomeMsg;
+use super::history::{Entry, Retention};
+use crate::frame::{header_len, text_frame};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use fjall::{Database, Keyspace, PersistMode};
@@ -80,7 +81,7 @@ pub enum StoreMsg {
 /// One sequenced message.
 #[derive(Debug)]
 pub struct Append {
-    /// Home core of the room (where [`BusMsg::Stored`] goes).
+    /// Home core of the room (where [`HomeMsg::Stored`] goes).
     pub home: usize,
     /// Room.
     pub room: Arc<str>,
@@ -123,6 +124,12 @@ impl std::fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// Where the store thread tells home cores what became durable (the bus).
+pub trait HomeSink: Send + 'static {
+    /// Sends `msgs` to the home part of core `home`.
+    fn send_home(&self, home: usize, msgs: Vec<HomeMsg>);
+}
 
 /// The cores' end of the store: a sender, cheap to clone.
 #[derive(Debug, Clone)]
@@ -323,10 +330,10 @@ impl Store {
                 let frame = match &bump_to {
                     // Replayed under the room's new epoch, so a client's
                     // position from these messages names the live epoch.
-                    Some(e) => crate::core::outq::text_frame(&with_epoch(json, e)),
-                    None => crate::core::outq::text_frame(json),
+                    Some(e) => text_frame(&with_epoch(json, e)),
+                    None => text_frame(json),
                 };
-                let header_len = crate::core::outq::header_len(frame.len());
+                let header_len = header_len(frame.len());
                 entries.push(Entry {
                     seq,
                     ts,
@@ -398,7 +405,7 @@ impl Store {
     /// `failed` is set when a write fails.
     pub fn spawn(
         self,
-        bus: Bus,
+        bus: impl HomeSink,
         failed: Arc<AtomicBool>,
     ) -> std::io::Result<(StoreHandle, JoinHandle<()>)> {
         // From here until the orderly stop writes `clean`, a crash leaves
@@ -415,7 +422,7 @@ impl Store {
         Ok((handle, thread))
     }
 
-    fn run(mut self, rx: Receiver<StoreMsg>, bus: Bus, failed_flag: Arc<AtomicBool>) {
+    fn run(mut self, rx: Receiver<StoreMsg>, bus: impl HomeSink, failed_flag: Arc<AtomicBool>) {
         let mut guard = ExitGuard {
             flag: &failed_flag,
             orderly: false,
@@ -524,7 +531,7 @@ impl Store {
     fn write_batch(
         &mut self,
         batch: &mut Vec<StoreMsg>,
-        bus: &Bus,
+        bus: &impl HomeSink,
         failed_rooms: &mut HashSet<Arc<str>>,
         failed_flag: &AtomicBool,
     ) -> bool {
@@ -555,7 +562,7 @@ impl Store {
                         error!(room = %a.room, error = %e, "history store: cannot read room record");
                         failed_flag.store(true, Ordering::Relaxed);
                         if a.sync && failed_rooms.insert(a.room.clone()) {
-                            bus.send(a.home, vec![BusMsg::StoreFailed { room: a.room }]);
+                            bus.send_home(a.home, vec![HomeMsg::StoreFailed { room: a.room }]);
                         }
                         continue;
                     }
@@ -621,7 +628,7 @@ impl Store {
         }
         for (home, room) in refused {
             if failed_rooms.insert(room.clone()) {
-                bus.send(home, vec![BusMsg::StoreFailed { room }]);
+                bus.send_home(home, vec![HomeMsg::StoreFailed { room }]);
             }
         }
         if !any {
@@ -647,9 +654,9 @@ impl Store {
                 for (home, rooms) in confirm {
                     let msgs = rooms
                         .into_iter()
-                        .map(|(room, upto)| BusMsg::Stored { room, upto })
+                        .map(|(room, upto)| HomeMsg::Stored { room, upto })
                         .collect();
-                    bus.send(home, msgs);
+                    bus.send_home(home, msgs);
                 }
                 !any_sync
             }
@@ -663,9 +670,9 @@ impl Store {
                     let mut msgs = Vec::with_capacity(rooms.len());
                     for (room, _) in rooms {
                         failed_rooms.insert(room.clone());
-                        msgs.push(BusMsg::StoreFailed { room });
+                        msgs.push(HomeMsg::StoreFailed { room });
                     }
-                    bus.send(home, msgs);
+                    bus.send_home(home, msgs);
                 }
                 false
             }

@@ -1,0 +1,175 @@
+//! The connection slab's entries: what one socket is (an HTTP exchange, a
+//! WebSocket, an SSE stream) and the per-connection state the socket layer
+//! keeps for it, plus the two flush lists and the queueing of a shared
+//! frame onto a WebSocket.
+//!
+//! A connection is owned by the slab of the core that accepted it and
+//! changes state in place (HTTP → WebSocket or SSE). This module must not
+//! do I/O; the front door ([`super::front`]), the WebSocket I/O
+//! ([`super::ws`]) and SSE ([`super::sse`]) do.
+
+use super::outq::OutQueue;
+use super::{http, sse};
+use crate::proto::close;
+use crate::proto::session::Session;
+use bytes::Bytes;
+use mio::net::TcpStream;
+use tungstenite::protocol::WebSocketContext;
+
+/// A connection before the WebSocket upgrade (or a plain HTTP exchange).
+#[derive(Debug, Default)]
+pub(super) struct HttpConn {
+    /// Request head bytes read so far (then the body).
+    pub(super) buf: Vec<u8>,
+    /// A parsed head waiting for its body of this many bytes.
+    pub(super) pending: Option<(Box<http::Request>, usize)>,
+    /// Response being written.
+    pub(super) out: Vec<u8>,
+    pub(super) written: usize,
+    pub(super) then: Then,
+    /// The response was sent and the write side shut: read and discard until
+    /// the client closes (so the response is not lost to a reset).
+    pub(super) lingering: bool,
+    /// The client already half-closed (while its request was waiting).
+    pub(super) peer_closed: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) enum Then {
+    /// Nothing decided yet (still reading the head).
+    #[default]
+    Reading,
+    /// Close after the response.
+    Close,
+    /// The request waits for an answer over the bus (HTTP API).
+    Waiting,
+    /// Become a WebSocket after the 101.
+    Upgrade(Box<Upgrade>),
+}
+
+#[derive(Debug)]
+pub(super) struct Upgrade {
+    /// Protocol state (`None` on `/echo`).
+    pub(super) session: Option<Session>,
+    pub(super) leftover: Vec<u8>,
+}
+
+/// A WebSocket connection.
+pub(super) struct WsConn {
+    pub(super) ctx: WebSocketContext,
+    /// Protocol state (`None` on `/echo`).
+    pub(super) session: Option<Session>,
+    /// Counted at its user's home core (as the session's identity), and
+    /// whether that identity was anonymous (`anon:<session>`, the only one
+    /// a connection may switch away from). Two flags instead of the user's
+    /// name: they fit in the struct's padding.
+    pub(super) counted: bool,
+    pub(super) counted_anon: bool,
+    pub(super) last_rx_ms: u64,
+    /// In the core's urgent flush list (replies: flushed this iteration).
+    pub(super) urgent: bool,
+    /// In the core's deferred flush list (room deliveries).
+    pub(super) deferred: bool,
+    /// A join is out at another core; read nothing until it is answered.
+    pub(super) blocked: bool,
+    /// A close frame was sent or received: no more writes.
+    pub(super) closing: bool,
+    /// Queued for closing this iteration: no more writes.
+    pub(super) doomed: bool,
+    /// Reading failed (protocol error, oversized frame): tungstenite must
+    /// not read again; incoming bytes are discarded until EOF.
+    pub(super) failed: bool,
+    /// The token `exp` for which an expiry timer is pending.
+    pub(super) expiry_armed: Option<u64>,
+    /// Input read from the socket but not yet consumed by tungstenite (only
+    /// when reading stopped mid-burst: a pending join or the read budget).
+    pub(super) pending: Vec<u8>,
+    /// Data frames waiting to be written (tungstenite's own buffer holds
+    /// only the control frames it writes, and those go out after these; see
+    /// [`sockio::Io`]).
+    pub(super) out: OutQueue,
+}
+
+pub(super) enum State {
+    Http(Box<HttpConn>),
+    Ws(Box<WsConn>),
+    Sse(Box<sse::SseConn>),
+}
+
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
+    pub(super) generation: u32,
+    /// Counted in `Shared::connections`.
+    pub(super) counted: bool,
+    pub(super) state: State,
+}
+
+/// What to do with a connection found to need closing mid-iteration.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Closing {
+    /// WebSocket close frame with this code and reason.
+    Ws(u16, &'static str),
+    /// Drop the TCP connection (I/O error).
+    Drop(&'static str),
+}
+
+/// Queues a framed message on a WebSocket connection; marks it for
+/// flushing; records a needed close when its backlog passes the bound
+/// (`backlogs`: `/ws`, `/echo`): 4009.
+#[inline]
+pub(super) fn queue_ws(
+    conn: &mut Conn,
+    key: usize,
+    frame: Bytes,
+    backlogs: (usize, usize),
+    flush: &mut FlushLists,
+    urgent: bool,
+    to_close: &mut Vec<(usize, u32, Closing)>,
+) {
+    let State::Ws(ws) = &mut conn.state else {
+        return;
+    };
+    if ws.closing || ws.doomed {
+        return;
+    }
+    ws.out.push(frame);
+    let limit = if ws.session.is_some() {
+        backlogs.0
+    } else {
+        backlogs.1
+    };
+    if ws.out.pending() > limit {
+        ws.doomed = true;
+        to_close.push((
+            key,
+            conn.generation,
+            Closing::Ws(close::SLOW_CONSUMER, "slow consumer"),
+        ));
+    }
+    flush.mark(ws, key, urgent);
+}
+
+/// Connections with queued output, in two classes (see
+/// [`Core::flush_pending`]).
+#[derive(Debug, Default)]
+pub(super) struct FlushLists {
+    /// Replies to this connection's own commands, control frames.
+    pub(super) urgent: Vec<usize>,
+    /// Room deliveries only.
+    pub(super) deferred: Vec<usize>,
+}
+
+impl FlushLists {
+    #[inline]
+    pub(super) fn mark(&mut self, ws: &mut WsConn, key: usize, urgent: bool) {
+        if urgent {
+            if !ws.urgent {
+                ws.urgent = true;
+                self.urgent.push(key);
+            }
+        } else if !ws.deferred && !ws.urgent {
+            ws.deferred = true;
+            self.deferred.push(key);
+        }
+    }
+}

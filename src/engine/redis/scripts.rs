@@ -1,0 +1,506 @@
+//! What corecast keeps in Redis, and the Lua scripts that change it.
+//!
+//! Every key and channel starts with the configured prefix (`cc`); the
+//! keys of one room, or of one user, share a hash tag (`{room}`, `{user}`)
+//! so that each script touches one hash slot (Redis Cluster later).
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:r:{R}:m` | hash | `e` epoch, `s` last seq |
+//! | `P:r:{R}:h` | stream | history: id `<seq>-0`, fields `d` (event JSON), `t` (ts) |
+//! | `P:r:{R}:u` | hash | user → number of nodes with the user in the room |
+//! | `P:r:{R}:nm` | hash | user → display name |
+//! | `P:r:{R}:n:<node>` | hash | users in the room on that node → 1 |
+//! | `P:u:{U}` | hash | `n:<node>` → connections on that node, `st` status (absent: online), `g` grace token |
+//! | `P:node:<node>:rooms` / `:users` | set | what a node contributed (for reaping a dead node) |
+//! | `P:{nodes}` | zset | node → expiry (Unix ms, from Redis TIME) |
+//! | `P:{nodes}:stats` | hash | node → its stats JSON |
+//! | `P:online` | set | users with a connection anywhere |
+//!
+//! Channels: `P:r:{R}` (a room's events), `P:u:{U}` (a user's direct
+//! messages and status), `P:node:<node>` (replies to one node, probes),
+//! `P:bcast` (broadcasts). Payloads start with a kind byte: `m` message
+//! (`m<seq>,<epoch>,<json>`), `e` a room event for every member, `x` a
+//! room event except one user (`x<len>,<user><json>`, typing), `p`
+//! presence (JSON), `d` a frame for a user's connections, `s` a status
+//! change, `b` a broadcast, `a` a count for a gathering, `k` a probe.
+//!
+//! Redis runs one script at a time, so the publish script's `HINCRBY`,
+//! `XADD` and `PUBLISH` give every subscriber a room's messages in seq
+//! order. This module must not do I/O; it names keys and holds the scripts.
+
+use redis::Script;
+
+/// Key and channel names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    node: String,
+}
+
+impl Keys {
+    /// Names for `node` under `prefix`.
+    pub fn new(prefix: &str, node: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// `P:r:{R}:<part>`
+    pub fn room(&self, room: &str, part: &str) -> String {
+        format!("{}:r:{{{room}}}:{part}", self.prefix)
+    }
+
+    /// `P:r:{R}:n:<node>`
+    pub fn room_node(&self, room: &str, node: &str) -> String {
+        format!("{}:r:{{{room}}}:n:{node}", self.prefix)
+    }
+
+    /// The room's channel `P:r:{R}`.
+    pub fn room_channel(&self, room: &str) -> String {
+        format!("{}:r:{{{room}}}", self.prefix)
+    }
+
+    /// `P:u:{U}` (the user's hash and channel share the name).
+    pub fn user(&self, user: &str) -> String {
+        format!("{}:u:{{{user}}}", self.prefix)
+    }
+
+    /// `P:node:<node>:<part>`
+    pub fn node_set(&self, node: &str, part: &str) -> String {
+        format!("{}:node:{node}:{part}", self.prefix)
+    }
+
+    /// A node's channel `P:node:<node>`.
+    pub fn node_channel(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    /// The broadcast channel.
+    pub fn bcast(&self) -> String {
+        format!("{}:bcast", self.prefix)
+    }
+
+    /// The node registry (zset) and its stats hash.
+    pub fn nodes(&self) -> (String, String) {
+        (
+            format!("{}:{{nodes}}", self.prefix),
+            format!("{}:{{nodes}}:stats", self.prefix),
+        )
+    }
+
+    /// The set of online users.
+    pub fn online(&self) -> String {
+        format!("{}:online", self.prefix)
+    }
+
+    /// The lock a node takes before reaping `dead`.
+    pub fn reap_lock(&self, dead: &str) -> String {
+        format!("{}:reap:{dead}", self.prefix)
+    }
+
+    /// What a channel name is: a room, a user, or something else.
+    pub fn classify<'a>(&self, channel: &'a [u8]) -> Channel<'a> {
+        let Some(rest) = channel
+            .strip_prefix(self.prefix.as_bytes())
+            .and_then(|r| r.strip_prefix(b":"))
+        else {
+            return Channel::Other;
+        };
+        let tagged = |r: &'a [u8]| -> Option<&'a str> {
+            let inner = r.strip_prefix(b"{")?.strip_suffix(b"}")?;
+            std::str::from_utf8(inner).ok()
+        };
+        if let Some(r) = rest.strip_prefix(b"r:") {
+            return tagged(r).map_or(Channel::Other, Channel::Room);
+        }
+        if let Some(u) = rest.strip_prefix(b"u:") {
+            return tagged(u).map_or(Channel::Other, Channel::User);
+        }
+        Channel::Other
+    }
+}
+
+/// A channel, by what it carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Channel<'a> {
+    /// A room's events.
+    Room(&'a str),
+    /// A user's direct messages and status.
+    User(&'a str),
+    /// The node channel, broadcasts.
+    Other,
+}
+
+/// JSON string literal in Lua (cjson escapes as JSON requires).
+const LUA_HELPERS: &str = r#"
+local function js(s) return cjson.encode(s) end
+local function epoch_of(meta, stream, candidate)
+  local e = redis.call('HGET', meta, 'e')
+  if not e then
+    e = candidate
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', e, 's', 0)
+  end
+  return e
+end
+local function membership(ty, room, user, name)
+  local n = 'null'
+  if name and name ~= '' then n = js(name) end
+  return '{"type":"' .. ty .. '","room":' .. js(room) .. ',"user":' .. js(user) .. ',"name":' .. n .. '}'
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function idle(meta, users, idle_ms)
+  if redis.call('EXISTS', users) == 0 then
+    redis.call('PEXPIRE', meta, idle_ms)
+  else
+    redis.call('PERSIST', meta)
+  end
+end
+-- Registers user on this node's member hash; publishes `joined` when it is
+-- the user's first node in the room.
+local function add_member(users, names, nodeusers, channel, room, user, name)
+  if redis.call('HSETNX', nodeusers, user, 1) == 1 then
+    if redis.call('HINCRBY', users, user, 1) == 1 then
+      if name ~= '' then redis.call('HSET', names, user, name) end
+      redis.call('PUBLISH', channel, 'e' .. membership('joined', room, user, name))
+      return 1
+    end
+  end
+  return 0
+end
+local function remove_member(users, names, nodeusers, channel, room, user)
+  if redis.call('HDEL', nodeusers, user) == 1 then
+    local n = redis.call('HINCRBY', users, user, -1)
+    if n <= 0 then
+      local name = redis.call('HGET', names, user)
+      redis.call('HDEL', users, user)
+      redis.call('HDEL', names, user)
+      redis.call('PUBLISH', channel, 'e' .. membership('left', room, user, name or ''))
+      return 1
+    end
+  end
+  return 0
+end
+"#;
+
+/// Sequences one message: KEYS meta, stream, users; ARGV channel, epoch
+/// candidate, size, ttl_ms, idle_ms, room, tail (`{"user":..},"data":..}`).
+/// Returns `{seq, epoch, ts}`.
+const PUBLISH: &str = r#"
+local e = epoch_of(KEYS[1], KEYS[2], ARGV[2])
+local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
+local ts = now_ms()
+local ev = '{"type":"message","room":"' .. ARGV[6] .. '","seq":' .. seq .. ',"epoch":"' .. e ..
+  '","ts":' .. ts .. ',"from":' .. ARGV[7]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 'd', ev, 't', ts)
+local cutoff = ts - tonumber(ARGV[4])
+for _ = 1, 64 do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #first == 0 or tonumber(first[1][2][4]) >= cutoff then break end
+  redis.call('XDEL', KEYS[2], first[1][1])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+idle(KEYS[1], KEYS[3], ARGV[5])
+redis.call('PUBLISH', ARGV[1], 'm' .. seq .. ',' .. e .. ',' .. ev)
+return {seq, e, ts}
+"#;
+
+/// A join's position (and registration): KEYS meta, stream, users, names,
+/// node users; ARGV channel, epoch candidate, room, user, name, register
+/// (1/0), since epoch, since seq (`` = none), ttl_ms, idle_ms.
+/// Returns `{epoch, seq, members, recovered (-1 = not asked, 0, 1), json...}`
+/// with the missed messages' JSON when recovered.
+const JOIN: &str = r#"
+local e = epoch_of(KEYS[1], KEYS[2], ARGV[2])
+if ARGV[6] == '1' then
+  add_member(KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
+end
+idle(KEYS[1], KEYS[3], ARGV[10])
+local seq = tonumber(redis.call('HGET', KEYS[1], 's'))
+local out = {e, seq, redis.call('HLEN', KEYS[3]), -1}
+if ARGV[8] ~= '' then
+  local since = tonumber(ARGV[8])
+  out[4] = 0
+  if (ARGV[7] == '' or ARGV[7] == e) and since <= seq then
+    if since == seq then
+      out[4] = 1
+    else
+      local cutoff = now_ms() - tonumber(ARGV[9])
+      local got = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', seq .. '-0')
+      if #got == seq - since and tonumber(got[1][2][4]) >= cutoff then
+        out[4] = 1
+        for i = 1, #got do out[#out + 1] = got[i][2][2] end
+      end
+    end
+  end
+end
+return out
+"#;
+
+/// The room's position, creating its epoch if Redis has none: KEYS meta,
+/// stream; ARGV epoch candidate. Returns `{epoch, seq}`.
+const POSITION: &str = r#"
+local e = epoch_of(KEYS[1], KEYS[2], ARGV[1])
+return {e, tonumber(redis.call('HGET', KEYS[1], 's'))}
+"#;
+
+/// One user's last connection on this node left the room: KEYS meta,
+/// users, names, node users; ARGV channel, room, user, idle_ms.
+const LEAVE: &str = r#"
+remove_member(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+idle(KEYS[1], KEYS[2], ARGV[4])
+return 1
+"#;
+
+/// Makes this node's members of a room exactly ARGV[5..] (user, name
+/// pairs): KEYS meta, users, names, node users; ARGV channel, room,
+/// idle_ms, count. Publishes `joined`/`left` for users that appear or
+/// vanish. Used after a (re)connect and to reap a dead node (empty list).
+/// Returns the users removed.
+const SYNC_ROOM: &str = r#"
+local want = {}
+local n = tonumber(ARGV[4])
+for i = 0, n - 1 do want[ARGV[5 + 2 * i]] = ARGV[6 + 2 * i] end
+local removed = {}
+for _, u in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if want[u] == nil then
+    remove_member(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], u)
+    removed[#removed + 1] = u
+  end
+end
+for u, name in pairs(want) do
+  add_member(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], u, name)
+end
+idle(KEYS[1], KEYS[2], ARGV[3])
+return removed
+"#;
+
+/// A connection of a user came or went on this node: KEYS user; ARGV
+/// field `n:<node>`, delta (+1/-1), grace token. Returns `{total
+/// connections, came online (1/0)}`; a total of 0 starts the grace under
+/// the token.
+const USER_CONN: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local before, gone = 0, false
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 2) == 'n:' then before = before + tonumber(all[i + 1]) end
+  if all[i] == 'g' then gone = true end
+end
+local mine = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if mine <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+local total = before + tonumber(ARGV[2])
+if total < 0 then total = 0 end
+local online = 0
+if tonumber(ARGV[2]) > 0 then
+  if before == 0 and not gone then online = 1 end
+  redis.call('HDEL', KEYS[1], 'g')
+elseif total == 0 then
+  redis.call('HSET', KEYS[1], 'g', ARGV[3])
+end
+return {total, online}
+"#;
+
+/// Sets this node's connection count of a user (after a reconnect, or 0
+/// to reap a dead node): KEYS user; ARGV field `n:<node>`, count, grace
+/// token. Returns `{total, came online, went offline}`: offline when the
+/// user has no connection anywhere and no other node's grace runs.
+const USER_SET: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local before, g = 0, nil
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 2) == 'n:' then before = before + tonumber(all[i + 1]) end
+  if all[i] == 'g' then g = all[i + 1] end
+end
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local count = tonumber(ARGV[2])
+if count > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], count)
+  redis.call('HDEL', KEYS[1], 'g')
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local total = before - old + count
+local online, offline = 0, 0
+if count > 0 and before - old == 0 and old == 0 and not g then online = 1 end
+if total == 0 and count == 0 and old > 0 then
+  if ARGV[3] == '' then
+    redis.call('DEL', KEYS[1])
+    offline = 1
+  else
+    redis.call('HSET', KEYS[1], 'g', ARGV[3])
+  end
+end
+return {total, online, offline}
+"#;
+
+/// The grace of a user ended on this node: KEYS user; ARGV grace token.
+/// Returns 1 (and forgets the user) when the user is still gone and the
+/// grace is still this node's.
+const USER_OFFLINE: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local g = nil
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 2) == 'n:' and tonumber(all[i + 1]) > 0 then return 0 end
+  if all[i] == 'g' then g = all[i + 1] end
+end
+if g ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// A user set a status: KEYS user; ARGV status, channel, payload (the
+/// status message). Returns 1 when it changed (and was published).
+const STATUS: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'st') or 'online'
+if cur == ARGV[1] then return 0 end
+if ARGV[1] == 'online' then redis.call('HDEL', KEYS[1], 'st') else redis.call('HSET', KEYS[1], 'st', ARGV[1]) end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// A direct message or notification: KEYS user; ARGV channel, payload.
+/// Returns the user's connections over every node.
+const DIRECT: &str = r#"
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+local all = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 2) == 'n:' then total = total + tonumber(all[i + 1]) end
+end
+return total
+"#;
+
+/// A room's description: KEYS meta, users, names, stream. Returns
+/// `{epoch or '', seq, history length, user, name, user, name, ...}`.
+const ROOM_INFO: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e') or ''
+local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+local out = {e, s, redis.call('XLEN', KEYS[4])}
+for _, u in ipairs(redis.call('HKEYS', KEYS[2])) do
+  out[#out + 1] = u
+  out[#out + 1] = redis.call('HGET', KEYS[3], u) or ''
+end
+return out
+"#;
+
+/// The node's heartbeat: KEYS nodes, stats; ARGV node, ttl_ms, stats
+/// JSON. Returns the nodes whose registration expired.
+const HEARTBEAT: &str = r#"
+local now = now_ms()
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+"#;
+
+/// The live nodes' stats: KEYS nodes, stats. Returns `{node, json, ...}`.
+const CLUSTER_STATS: &str = r#"
+local now = now_ms()
+local out = {}
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  out[#out + 1] = n
+  out[#out + 1] = redis.call('HGET', KEYS[2], n) or '{}'
+end
+return out
+"#;
+
+/// The scripts, loaded at every (re)connect and run with EVALSHA.
+#[derive(Debug)]
+pub struct Scripts {
+    /// [`PUBLISH`]
+    pub publish: Script,
+    /// [`JOIN`]
+    pub join: Script,
+    /// [`POSITION`]
+    pub position: Script,
+    /// [`LEAVE`]
+    pub leave: Script,
+    /// [`SYNC_ROOM`]
+    pub sync_room: Script,
+    /// [`USER_CONN`]
+    pub user_conn: Script,
+    /// [`USER_SET`]
+    pub user_set: Script,
+    /// [`USER_OFFLINE`]
+    pub user_offline: Script,
+    /// [`STATUS`]
+    pub status: Script,
+    /// [`DIRECT`]
+    pub direct: Script,
+    /// [`ROOM_INFO`]
+    pub room_info: Script,
+    /// [`HEARTBEAT`]
+    pub heartbeat: Script,
+    /// [`CLUSTER_STATS`]
+    pub cluster_stats: Script,
+    /// Every script's full source, for `SCRIPT LOAD` after a connect.
+    pub sources: Vec<String>,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        let bodies = [
+            PUBLISH,
+            JOIN,
+            POSITION,
+            LEAVE,
+            SYNC_ROOM,
+            USER_CONN,
+            USER_SET,
+            USER_OFFLINE,
+            STATUS,
+            DIRECT,
+            ROOM_INFO,
+            HEARTBEAT,
+            CLUSTER_STATS,
+        ];
+        let sources: Vec<String> = bodies
+            .iter()
+            .map(|body| format!("{LUA_HELPERS}\n{body}"))
+            .collect();
+        let s = |i: usize| Script::new(&sources[i]);
+        Scripts {
+            publish: s(0),
+            join: s(1),
+            position: s(2),
+            leave: s(3),
+            sync_room: s(4),
+            user_conn: s(5),
+            user_set: s(6),
+            user_offline: s(7),
+            status: s(8),
+            direct: s(9),
+            room_info: s(10),
+            heartbeat: s(11),
+            cluster_stats: s(12),
+            sources,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_tag_per_room_and_classify_channels() {
+        let k = Keys::new("cc", "n1");
+        assert_eq!(k.room("team:1", "m"), "cc:r:{team:1}:m");
+        assert_eq!(k.room_node("team:1", "n1"), "cc:r:{team:1}:n:n1");
+        assert_eq!(k.room_channel("team:1"), "cc:r:{team:1}");
+        assert_eq!(k.user("ann"), "cc:u:{ann}");
+        assert_eq!(k.classify(b"cc:r:{team:1}"), Channel::Room("team:1"));
+        assert_eq!(k.classify(b"cc:u:{ann}"), Channel::User("ann"));
+        assert_eq!(k.classify(b"cc:node:n1"), Channel::Other);
+        assert_eq!(k.classify(b"xx:r:{a}"), Channel::Other);
+    }
+}
