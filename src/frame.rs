@@ -46,3 +46,32 @@ pub fn header_len(frame_len: usize) -> u8 {
         10
     }
 }
+
+/// The payload of a server frame (skips the header; empty for a frame too
+/// short to have one).
+pub fn payload(frame: &[u8]) -> &[u8] {
+    let Some(&b1) = frame.get(1) else {
+        return &[];
+    };
+    let start = match b1 & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    frame.get(start..).unwrap_or(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_at_every_length_encoding() {
+        for len in [0usize, 125, 126, 65_535, 65_536] {
+            let body = vec![b'x'; len];
+            let f = text_frame(&body);
+            assert_eq!(payload(&f), &body[..], "length {len}");
+            assert_eq!(header_len(f.len()) as usize, f.len() - len);
+        }
+    }
+}

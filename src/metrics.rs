@@ -149,9 +149,17 @@ pub struct Snapshot {
     pub metrics: CoreMetrics,
 }
 
+/// What the node (not one core) reports: the Redis bridge's state in
+/// cluster mode.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeStats {
+    /// `Some` in cluster mode: (Redis reachable, bytes read from Redis).
+    pub redis: Option<(bool, u64)>,
+}
+
 /// Per-core snapshots merged into Prometheus metrics.
 #[derive(Debug)]
-struct Merged(Vec<Snapshot>);
+struct Merged(Vec<Snapshot>, NodeStats);
 
 fn core_label(core: usize) -> Vec<(String, String)> {
     vec![("core".to_string(), core.to_string())]
@@ -366,14 +374,30 @@ impl Collector for Merged {
             "Work of one core loop iteration",
             |m| &m.loop_us,
         )?;
+        if let Some((up, read)) = self.1.redis {
+            let m = e.encode_descriptor(
+                "corecast_redis_up",
+                "1 while both Redis connections of the node are up",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(up)).encode(m)?;
+            let m = e.encode_descriptor(
+                "corecast_redis_read_bytes",
+                "Bytes the node read from Redis (commands and pub/sub)",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(read).encode(m)?;
+        }
         Ok(())
     }
 }
 
-/// The OpenMetrics text of the merged snapshots.
-pub fn encode_prometheus(snapshots: Vec<Snapshot>) -> String {
+/// The OpenMetrics text of the merged snapshots and the node's figures.
+pub fn encode_prometheus(snapshots: Vec<Snapshot>, node: NodeStats) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Merged(snapshots)));
+    registry.register_collector(Box::new(Merged(snapshots, node)));
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
@@ -409,7 +433,15 @@ mod tests {
             last_loop_ms: 0,
             metrics,
         };
-        let text = encode_prometheus(vec![snap(0, a), snap(1, b)]);
+        let node = NodeStats {
+            redis: Some((false, 12)),
+        };
+        let text = encode_prometheus(vec![snap(0, a), snap(1, b)], node);
+        assert!(text.contains("corecast_redis_up 0\n"), "{text}");
+        assert!(
+            text.contains("corecast_redis_read_bytes_total 12\n"),
+            "{text}"
+        );
         assert!(text.contains("corecast_messages_in_total 7\n"), "{text}");
         assert!(
             text.contains("corecast_connections{core=\"1\"} 2\n"),

@@ -25,6 +25,7 @@ pub struct Server {
     bus: Bus,
     threads: Vec<JoinHandle<()>>,
     store: Option<(StoreHandle, JoinHandle<()>)>,
+    bridge: Option<(crate::engine::redis::Handle, JoinHandle<()>)>,
 }
 
 /// Triggers a graceful drain of a running server; cheap to clone.
@@ -126,6 +127,32 @@ impl Server {
                 Some(store.spawn(bus.clone(), shared.store_failed.clone())?)
             }
         };
+        let bridge = match &shared.config.cluster {
+            c if c.enabled() => {
+                let target = crate::engine::redis::conn::Target::parse(&c.redis[0])
+                    .map_err(|e| StartError::Config(ConfigError(format!("cluster.redis: {e}"))))?;
+                let h = &shared.config.history;
+                let ttl_ms = h.ttl.saturating_mul(1000);
+                let settings = crate::engine::redis::Settings {
+                    size: h.size,
+                    ttl_ms,
+                    idle_ms: ttl_ms.max(memory::ROOM_IDLE_MS),
+                    grace_ms: shared.config.presence.grace.saturating_mul(1000),
+                    max_history: crate::proto::command::HISTORY_LIMIT.1,
+                };
+                let node = shared.node.clone().expect("a node name in cluster mode");
+                info!(node = %node, redis = %format!("{}:{}", target.host, target.port), "cluster mode: joining through Redis");
+                Some(crate::engine::redis::bridge::spawn(
+                    shared.clone(),
+                    bus.clone(),
+                    target,
+                    &node,
+                    &c.prefix,
+                    settings,
+                )?)
+            }
+            _ => None,
+        };
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let pin = shared.config.pin && !cpus.is_empty();
         let mut threads = Vec::with_capacity(cores);
@@ -141,14 +168,20 @@ impl Server {
                 now_ms,
                 now_us: now_ms * 1000,
             };
-            let home = Home::new(
-                id,
-                cores,
-                &shared.config,
-                store.as_ref().map(|(h, _)| h.clone()),
-                loaded,
-                clock,
-            );
+            let (link, home) = match &bridge {
+                Some((handle, _)) => (Link::Redis(handle.clone()), None),
+                None => {
+                    let home = Home::new(
+                        id,
+                        cores,
+                        &shared.config,
+                        store.as_ref().map(|(h, _)| h.clone()),
+                        loaded,
+                        clock,
+                    );
+                    (Link::Memory, Some(home))
+                }
+            };
             let init = CoreInit {
                 id,
                 poll,
@@ -156,8 +189,8 @@ impl Server {
                 inbox,
                 bus: bus.clone(),
                 shared: shared.clone(),
-                link: Link::Memory,
-                home: Some(home),
+                link,
+                home,
             };
             let cpu = pin.then(|| cpus[id % cpus.len()]);
             let handle = std::thread::Builder::new()
@@ -182,6 +215,7 @@ impl Server {
             bus,
             threads,
             store,
+            bridge,
         })
     }
 
@@ -225,6 +259,12 @@ impl Server {
             handle.send(StoreMsg::Shutdown);
             if thread.join().is_err() {
                 warn!("the store thread panicked");
+            }
+        }
+        if let Some((handle, thread)) = self.bridge {
+            handle.stop();
+            if thread.join().is_err() {
+                warn!("the redis bridge thread panicked");
             }
         }
     }

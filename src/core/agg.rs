@@ -40,6 +40,10 @@ pub(super) struct Agg {
     got: u32,
     delivered: u64,
     snapshots: Vec<crate::metrics::Snapshot>,
+    /// The cluster's part of stats (Redis engine).
+    cluster: Option<String>,
+    /// The engine could not complete it.
+    failed: Option<crate::proto::ErrorCode>,
     started_ms: u64,
 }
 
@@ -68,6 +72,8 @@ impl Aggs {
             got: 0,
             delivered: 0,
             snapshots: Vec::new(),
+            cluster: None,
+            failed: None,
             started_ms: now_ms,
         };
         self.aggs.insert(token, agg);
@@ -139,6 +145,29 @@ impl Core {
         }
     }
 
+    /// The engine cannot complete `token`: it is answered with the error.
+    pub(super) fn aggs_failed(&mut self, token: u64, code: crate::proto::ErrorCode) {
+        let done = self.aggs.update(token, |a| {
+            a.failed = Some(code);
+            a.waiting_expects = 0;
+            a.got = a.parts;
+        });
+        if let Some(a) = done {
+            self.agg_finish(a, false);
+        }
+    }
+
+    /// The cluster's part of stats for `token`.
+    pub(super) fn aggs_info(&mut self, token: u64, json: String) {
+        let done = self.aggs.update(token, |a| {
+            a.got += 1;
+            a.cluster = Some(json);
+        });
+        if let Some(a) = done {
+            self.agg_finish(a, false);
+        }
+    }
+
     /// One core's snapshot for `token`.
     pub(super) fn on_stats_reply(&mut self, token: u64, snapshot: crate::metrics::Snapshot) {
         let done = self.aggs.update(token, |a| {
@@ -151,6 +180,21 @@ impl Core {
     }
 
     pub(super) fn agg_finish(&mut self, a: Agg, timed_out: bool) {
+        if let Some(code) = a.failed {
+            let msg = "the cluster engine (Redis) is unreachable; retry later";
+            return match a.target {
+                AggTarget::Direct { conn, id } => {
+                    if self.live(conn.key as usize, conn.generation) {
+                        let err = crate::proto::event::error(id.as_ref(), code, msg);
+                        self.reply(conn.key as usize, &err);
+                    }
+                }
+                AggTarget::Delivered { conn } | AggTarget::Stats { conn, .. } => {
+                    let body = http::error_body(code.as_str(), msg);
+                    self.http_answer(conn, code.http_status(), body);
+                }
+            };
+        }
         match a.target {
             AggTarget::Direct { conn, id } => {
                 let ack = Event::new("ack")
@@ -173,7 +217,20 @@ impl Core {
                     let body = http::error_body("unavailable", "a core did not answer in time");
                     self.http_answer(conn, 503, body);
                 } else if metrics {
-                    let text = crate::metrics::encode_prometheus(snaps);
+                    let node = crate::metrics::NodeStats {
+                        redis: self.shared.node.as_ref().map(|_| {
+                            (
+                                !self
+                                    .shared
+                                    .redis_down
+                                    .load(std::sync::atomic::Ordering::Relaxed),
+                                self.shared
+                                    .redis_bytes_in
+                                    .load(std::sync::atomic::Ordering::Relaxed),
+                            )
+                        }),
+                    };
+                    let text = crate::metrics::encode_prometheus(snaps, node);
                     self.http_answer_raw(
                         conn,
                         200,
@@ -182,7 +239,16 @@ impl Core {
                     );
                 } else {
                     let status = if timed_out { 503 } else { 200 };
-                    let body = stats_json(&snaps, self.bus.cores(), self.now_ms);
+                    let mut body = stats_json(&snaps, self.bus.cores(), self.now_ms);
+                    if let Some(node) = &self.shared.node {
+                        // `{..., "node": name, "cluster": {...}}`
+                        body.pop();
+                        body.push_str(",\"node\":");
+                        crate::proto::event::push_json_str(&mut body, node);
+                        body.push_str(",\"cluster\":");
+                        body.push_str(a.cluster.as_deref().unwrap_or("null"));
+                        body.push('}');
+                    }
                     self.http_answer(conn, status, body);
                 }
             }
@@ -192,9 +258,15 @@ impl Core {
     /// Asks every core for its counters; answers `/api/stats` or `/metrics`.
     pub(super) fn gather_stats(&mut self, conn: ConnRef, metrics: bool) {
         let cores = self.bus.cores();
-        let agg = self.agg_start(AggTarget::Stats { conn, metrics }, 0, cores as u32);
+        // With Redis, `/api/stats` also reports the cluster (from the bridge).
+        let cluster = !metrics && matches!(self.link, crate::engine::Link::Redis(_));
+        let parts = cores as u32 + u32::from(cluster);
+        let agg = self.agg_start(AggTarget::Stats { conn, metrics }, 0, parts);
         for core in 0..cores {
             self.route(core, crate::bus::BusMsg::StatsRequest { agg });
+        }
+        if cluster {
+            self.submit(crate::engine::Command::ClusterStats { agg });
         }
     }
 

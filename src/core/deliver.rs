@@ -46,12 +46,20 @@ impl Core {
                 except,
                 frame,
             } => self.deliver_except(&room, &except, &frame),
-            Event::Presence { user, rooms, frame } => self.on_presence(&user, &rooms, &frame),
+            Event::Presence {
+                user,
+                rooms,
+                skip,
+                frame,
+            } => self.on_presence(&user, &rooms, &skip, &frame),
+            Event::Evict { room } => self.evict(&room),
             Event::HttpReply { conn, status, body } => self.http_answer(conn, status, body),
             Event::UserDeliver { conns, frame, agg } => self.on_user_deliver(conns, frame, agg),
             Event::Broadcast { frame, agg } => self.on_broadcast(frame, agg),
             Event::AggExpect { token, parts } => self.aggs_expect(token, parts),
             Event::AggDone { token, delivered } => self.aggs_done(token, delivered),
+            Event::AggFailed { token, code } => self.aggs_failed(token, code),
+            Event::AggInfo { token, json } => self.aggs_info(token, json),
         }
     }
 
@@ -137,8 +145,15 @@ impl Core {
     }
 
     /// A user's presence changed: tell this core's members of the user's
-    /// rooms, each connection once.
-    pub(super) fn on_presence(&mut self, user: &str, rooms: &[Arc<str>], frame: &Bytes) {
+    /// rooms, each connection once (and none that is also in a `skip` room:
+    /// it heard of the change already).
+    pub(super) fn on_presence(
+        &mut self,
+        user: &str,
+        rooms: &[Arc<str>],
+        skip: &[Arc<str>],
+        frame: &Bytes,
+    ) {
         let mut targets = std::mem::take(&mut self.key_scratch);
         targets.clear();
         for room in rooms {
@@ -151,6 +166,7 @@ impl Core {
                     ..
                 }) = self.conns.get(key as usize)
                     && !is_user(ws, user)
+                    && !in_any(ws, skip)
                 {
                     targets.push(key as usize);
                 }
@@ -163,6 +179,32 @@ impl Core {
             self.deliver_one(key, frame.clone());
         }
         self.key_scratch = targets;
+    }
+
+    /// The engine cannot continue `room` in order for this core's members:
+    /// WebSocket members are closed with 4009 (they rejoin with `since` and
+    /// get `recovered: false`), SSE streams end (the EventSource resumes).
+    fn evict(&mut self, room: &str) {
+        let ws: Vec<usize> = self
+            .rooms
+            .members(room)
+            .map(|m| m.iter().map(|(_, &k)| k as usize).collect())
+            .unwrap_or_default();
+        for key in ws {
+            self.close_ws(
+                key,
+                crate::proto::close::SLOW_CONSUMER,
+                "room history changed; resume with since",
+            );
+        }
+        let sse: Vec<usize> = self
+            .sse_rooms
+            .members(room)
+            .map(|m| m.iter().map(|(_, &k)| k as usize).collect())
+            .unwrap_or_default();
+        for key in sse {
+            self.remove_conn(key);
+        }
     }
 
     /// Queues a shared frame to one connection as a room-style delivery.
@@ -320,6 +362,15 @@ impl Core {
             agg,
         });
     }
+}
+
+/// Whether the connection is a member of any of `rooms`.
+fn in_any(ws: &WsConn, rooms: &[Arc<str>]) -> bool {
+    !rooms.is_empty()
+        && ws
+            .session
+            .as_ref()
+            .is_some_and(|s| s.rooms.iter().any(|j| rooms.contains(&j.name)))
 }
 
 /// Whether the connection belongs to `user`.

@@ -118,6 +118,8 @@ pub struct Shared {
     pub redis_down: Arc<AtomicBool>,
     /// This node's name in cluster mode (announced in `welcome`).
     pub node: Option<Arc<str>>,
+    /// Bytes the Redis bridge read from Redis (both connections).
+    pub redis_bytes_in: AtomicU64,
     started: Instant,
 }
 
@@ -155,6 +157,7 @@ impl Shared {
             store_failed: Arc::new(AtomicBool::new(false)),
             redis_down: Arc::new(AtomicBool::new(false)),
             node: node.map(Arc::from),
+            redis_bytes_in: AtomicU64::new(0),
             started: Instant::now(),
             config,
         }

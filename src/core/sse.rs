@@ -82,19 +82,6 @@ pub(super) fn parse_cursor(s: &str) -> Vec<(String, Since)> {
     out
 }
 
-/// The JSON payload of a server text frame (skips the WebSocket header).
-fn frame_json(frame: &[u8]) -> &[u8] {
-    let Some(&b1) = frame.get(1) else {
-        return &[];
-    };
-    let start = match b1 & 0x7f {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    frame.get(start..).unwrap_or(&[])
-}
-
 /// The number after `"key":` in `json` (the events are our own encoding).
 fn json_num(json: &[u8], key: &[u8]) -> Option<u64> {
     let i = memchr::memmem::find(json, key)? + key.len();
@@ -244,7 +231,7 @@ impl Core {
             self.remove_conn(key);
             return true;
         }
-        let json = frame_json(ack);
+        let json = crate::frame::payload(ack);
         let epoch: Arc<str> = json_str(json, b"\"epoch\":\"").unwrap_or("").into();
         let seq = json_num(json, b"\"seq\":").unwrap_or(0);
         let recovered = memchr::memmem::find(json, b"\"recovered\":false").is_none();
@@ -283,7 +270,7 @@ impl Core {
         else {
             return;
         };
-        let json = frame_json(frame);
+        let json = crate::frame::payload(frame);
         if !json.starts_with(b"{\"type\":\"message\"") {
             return;
         }
@@ -433,7 +420,7 @@ mod tests {
         let ev = br#"{"type":"message","room":"a:b","seq":12,"epoch":"e","ts":1,"from":{"user":"u"},"data":{"seq":99}}"#;
         let mut frame = Vec::new();
         http::push_text_frame(&mut frame, ev);
-        let json = frame_json(&frame);
+        let json = crate::frame::payload(&frame);
         assert_eq!(json, ev);
         assert_eq!(json_num(json, b"\"seq\":"), Some(12));
         assert_eq!(json_str(json, b"\"room\":\""), Some("a:b"));

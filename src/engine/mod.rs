@@ -208,6 +208,11 @@ pub enum Command {
         /// Where the count goes.
         agg: AggRef,
     },
+    /// The cluster's figures for `/api/stats` (Redis engine only).
+    ClusterStats {
+        /// Where they go (as [`Event::AggInfo`]).
+        agg: AggRef,
+    },
     /// A core's part of a count the Redis bridge gathers for another node
     /// ([`Report::Bridge`]).
     Delivered {
@@ -261,14 +266,25 @@ pub enum Event {
         frame: Bytes,
     },
     /// A user's presence changed: tell the local members of `rooms` other
-    /// than the user, each connection once.
+    /// than the user, each connection once, except members of `skip`
+    /// (they heard of this change already).
     Presence {
         /// User.
         user: Arc<str>,
         /// The rooms whose members hear of it.
         rooms: Arc<[Arc<str>]>,
+        /// Rooms whose members already got this change.
+        skip: Arc<[Arc<str>]>,
         /// The `presence` event, framed.
         frame: Bytes,
+    },
+    /// The engine can no longer continue this core's members of `room` in
+    /// order (Redis lost the room's history, or this node missed messages
+    /// the stream no longer holds): close them with 4009, so they rejoin
+    /// with `since` and learn of the gap (`recovered: false`).
+    Evict {
+        /// Room.
+        room: Arc<str>,
     },
     /// Send `frame` to one connection.
     Reply {
@@ -318,6 +334,21 @@ pub enum Event {
         /// Connections reached.
         delivered: u64,
     },
+    /// To a gathering core: the gathering cannot complete (the engine is
+    /// unavailable); answer with this error.
+    AggFailed {
+        /// The gathering.
+        token: u64,
+        /// Why.
+        code: crate::proto::ErrorCode,
+    },
+    /// To a gathering core: the cluster's part of `/api/stats` (JSON).
+    AggInfo {
+        /// The gathering.
+        token: u64,
+        /// `{"nodes":..,"connections":..,"per_node":[..]}`
+        json: String,
+    },
 }
 
 /// Where a core reports how many connections a delivery reached.
@@ -365,7 +396,11 @@ impl Command {
             | Command::UserGone { user, .. }
             | Command::UserRoom { user, .. }
             | Command::ToUser { user, .. } => home_core(user, cores),
-            Command::Broadcast { .. } | Command::Delivered { .. } => return Dest::Every,
+            Command::Broadcast { .. }
+            | Command::Delivered { .. }
+            | Command::ClusterStats { .. } => {
+                return Dest::Every;
+            }
         };
         Dest::Core(core)
     }

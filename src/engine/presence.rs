@@ -145,6 +145,11 @@ impl UserTable {
         self.users.get(user)
     }
 
+    /// Every user held, with their entry.
+    pub fn users(&self) -> impl Iterator<Item = (&Arc<str>, &UserHome)> {
+        self.users.iter()
+    }
+
     /// Users held.
     pub fn len(&self) -> usize {
         self.users.len()

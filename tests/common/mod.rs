@@ -479,3 +479,147 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// A throwaway `redis-server` on a free loopback port (no persistence
+/// unless asked), killed on drop. Panics with a clear message when the
+/// binary is missing: cluster tests must fail, never skip.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// `redis-server --save '' --appendonly no` on a free port.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// `redis-server` with these extra arguments.
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        r.restart();
+        r
+    }
+
+    /// (Re)starts the server on the same port and directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): the cluster tests need it \
+                     (apt-get install -y redis-server; .ci/run installs it)"
+                )
+            });
+        self.child = Some(child);
+        assert!(
+            eventually(WAIT, || self.try_cmd(&["PING"]).is_ok()),
+            "redis-server on port {} did not answer PING",
+            self.port
+        );
+    }
+
+    /// Kills the server (SIGKILL: nothing is saved).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command; panics on failure.
+    pub fn cmd(&self, args: &[&str]) -> redis::Value {
+        self.try_cmd(args)
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    /// Runs one command.
+    pub fn try_cmd(&self, args: &[&str]) -> Result<redis::Value, String> {
+        let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut con).map_err(|e| e.to_string())
+    }
+
+    /// Subscribers of `channel` (PUBSUB NUMSUB).
+    pub fn numsub(&self, channel: &str) -> i64 {
+        match self.cmd(&["PUBSUB", "NUMSUB", channel]) {
+            redis::Value::Array(a) => match a.get(1) {
+                Some(redis::Value::Int(n)) => *n,
+                other => panic!("NUMSUB reply {other:?}"),
+            },
+            other => panic!("NUMSUB reply {other:?}"),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A corecast node joined to `redis`, as a child process; waits until its
+/// `/health` reports Redis up. `env` adds or overrides variables.
+pub fn cluster_node(redis: &RedisServer, env: &[(&str, &str)]) -> ChildServer {
+    let url = redis.url();
+    let mut all: Vec<(&str, &str)> = vec![
+        ("CORECAST_CLUSTER__REDIS", url.as_str()),
+        ("CORECAST_CORES", "2"),
+        ("CORECAST_PIN", "false"),
+        ("CORECAST_PRESENCE__GRACE", "1"),
+    ];
+    all.retain(|(k, _)| !env.iter().any(|(e, _)| e == k));
+    all.extend_from_slice(env);
+    let node = ChildServer::start(&all);
+    assert!(
+        wait_health(node.addr, 200, WAIT),
+        "node {} did not report healthy; log: {:?}",
+        node.addr,
+        node.log()
+    );
+    node
+}
+
+/// Waits until `GET /health` answers `status` (and returns whether it did).
+pub fn wait_health(addr: SocketAddr, status: u16, timeout: Duration) -> bool {
+    eventually(timeout, || http_get(addr, "/health").0 == status)
+}

@@ -217,7 +217,9 @@ impl Home {
                 }
                 // The core sends a broadcast to every core's socket layer
                 // itself, and bridge reports do not exist in one node.
-                Command::Broadcast { .. } | Command::Delivered { .. } => {}
+                Command::Broadcast { .. }
+                | Command::Delivered { .. }
+                | Command::ClusterStats { .. } => {}
             },
             HomeMsg::Stored { room, upto } => self.rooms.stored(&mut cx, &room, upto),
             HomeMsg::StoreFailed { room } => self.rooms.store_failed(&mut cx, room),

@@ -144,6 +144,7 @@ fn announce(cx: &mut Cx<'_>, user: Arc<str>, change: Change) {
         let ev = Event::Presence {
             user: user.clone(),
             rooms: rooms.clone(),
+            skip: Arc::from([]),
             frame: frame.clone(),
         };
         cx.event(core, ev);

@@ -1,7 +1,39 @@
 //! The Redis engine: several nodes joined through Redis behave as one
-//! server. (Being built; see `bridge`.)
+//! server.
+//!
+//! Each node runs one **bridge** thread ([`bridge`]) that owns the node's
+//! two Redis connections, on its own mio loop: a command connection
+//! (every command queued during one loop iteration goes out in one write,
+//! replies are matched in order) and a pub/sub connection. Cores hand it
+//! [`Command`]s over a channel with a waker, exactly as they reach each
+//! other; it answers over the bus with [`crate::engine::Event`]s. No Redis
+//! I/O ever runs on a core thread.
+//!
+//! - **Rooms** ([`rooms`]): a publish runs one Lua script that assigns the
+//!   room's next seq under its epoch, appends to the room's stream and
+//!   PUBLISHes the event on the room's channel; the `ack` goes out when the
+//!   script returned. A node subscribes to a room's channel while it has
+//!   members there (and a short while after), so a node without members
+//!   receives none of the room's traffic; it keeps the room's delivered
+//!   position, fills gaps from the stream, and hands each message, framed
+//!   once, to the cores with members.
+//! - **Users** ([`users`]): presence over all nodes (connection counts per
+//!   node in the user's hash, a grace per node, offline confirmed by a
+//!   script), direct messages and notifications on the user's channel
+//!   (subscribed while the user has local connections), statuses.
+//! - **Nodes**: a heartbeat registers the node with an expiry; a node whose
+//!   registration expired is reaped by another (its members leave, its
+//!   users go offline). A probe on the pub/sub connection detects one that
+//!   silently stopped delivering.
+//!
+//! What is stored where is in [`scripts`]. This module must not touch
+//! client sockets or connections; it knows them only as `ConnRef`s.
 
+pub mod bridge;
 pub mod conn;
+pub mod rooms;
+pub mod scripts;
+pub mod users;
 
 use crate::engine::Command;
 use crossbeam_channel::Sender;
@@ -23,4 +55,24 @@ impl Handle {
             let _ = self.waker.wake();
         }
     }
+
+    /// Asks the bridge to stop (after the cores have drained).
+    pub fn stop(&self) {
+        self.send(Vec::new());
+    }
+}
+
+/// What the bridge needs from the configuration, resolved once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Messages kept per room (`history.size`).
+    pub size: usize,
+    /// Age limit of history, ms (`history.ttl`).
+    pub ttl_ms: u64,
+    /// A room without members is forgotten after this long, ms.
+    pub idle_ms: u64,
+    /// Presence grace, ms.
+    pub grace_ms: u64,
+    /// Largest `history` page.
+    pub max_history: u64,
 }

@@ -1,0 +1,1333 @@
+//! The bridge thread of a node: its own mio loop with the command and
+//! pub/sub connections to Redis, the cores' command channel, and a timer
+//! wheel.
+//!
+//! Per iteration it reads replies (matched in order to the [`Want`] each
+//! command left in the FIFO) and pub/sub messages, takes the cores'
+//! commands, fires timers (heartbeat and probe, reaping dead nodes, grace
+//! timers, lingering rooms), then writes everything queued to Redis in
+//! one write per connection and sends each core one batch. When the
+//! command connection drops, every command still waiting fails
+//! (`unavailable`: never a false `ack`) and the bridge reconnects with
+//! backoff; once back it reconciles what this node holds with what Redis
+//! says. When the pub/sub connection drops, or a probe on it goes missing,
+//! it is re-established, every room resubscribed and re-checked.
+//!
+//! This module owns the connections, the FIFO and the timers; what rooms
+//! and users decide is in [`super::rooms`] and [`super::users`]. It must
+//! not touch client connections.
+
+use super::conn::{ConnState, Progress, RespConn, Target};
+use super::rooms::{JoinReq, NodeRooms, history_reply, info_users, members_answer};
+use super::scripts::{Channel, Keys, Scripts};
+use super::users::NodeUsers;
+use super::{Handle, Settings};
+use crate::bus::{Bus, BusMsg, Outbox};
+use crate::core::Shared;
+use crate::engine::{AggRef, Answer, Command, Event, ReplyTo, replies};
+use crate::proto::ErrorCode;
+use crate::proto::command::Id;
+use crate::timer::TimerWheel;
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::{Events, Poll, Token, Waker};
+use redis::{Script, Value};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+const CMD: Token = Token(0);
+const SUB: Token = Token(1);
+const WAKER: Token = Token(2);
+
+/// A command not answered within this long drops the connection, ms.
+const COMMAND_TIMEOUT_MS: u64 = 5000;
+/// Heartbeat and probe period, ms.
+const HEARTBEAT_MS: u64 = 2000;
+/// A node's registration lives this long without a heartbeat, ms; then
+/// other nodes reap it (its users go offline, its members leave).
+pub const NODE_TTL_MS: u64 = 15_000;
+/// A probe not back on the pub/sub connection by then drops it, ms.
+const PROBE_TIMEOUT_MS: u64 = 3000;
+/// A broadcast's count from other nodes is awaited this long, ms.
+const GATHER_TIMEOUT_MS: u64 = 4000;
+/// Most commands waiting for replies; beyond it commands are refused with
+/// `overloaded` (Redis is not keeping up).
+const MAX_IN_FLIGHT: usize = 200_000;
+/// Timer wheel tick and slots.
+const WHEEL_TICK_MS: u64 = 50;
+const WHEEL_SLOTS: usize = 512;
+/// Housekeeping period (rooms' linger and parked joins, typing), ms.
+const TICK_MS: u64 = 250;
+
+/// What a reply is for (left in the FIFO when the command is sent).
+#[derive(Debug)]
+pub enum Want {
+    /// Nothing; an error reply is logged under this name.
+    Ignore(&'static str),
+    /// A publish: `{seq, epoch, ts}` → the `ack`.
+    Publish {
+        /// Room.
+        room: Arc<str>,
+        /// Where the `ack` goes.
+        reply: Option<ReplyTo>,
+    },
+    /// A join script.
+    Join {
+        /// Room.
+        room: Arc<str>,
+        /// The join.
+        req: JoinReq,
+    },
+    /// A room's position.
+    Position {
+        /// Room.
+        room: Arc<str>,
+    },
+    /// A gap read from a room's stream.
+    Fill {
+        /// Room.
+        room: Arc<str>,
+    },
+    /// A `history` page.
+    History {
+        /// Room.
+        room: Arc<str>,
+        /// Where it goes.
+        reply: ReplyTo,
+    },
+    /// A room's description (first step of `members`).
+    RoomInfo {
+        /// Room.
+        room: Arc<str>,
+        /// Command id.
+        id: Option<Id>,
+        /// Where it goes.
+        answer: Answer,
+    },
+    /// One member's status (second step of `members`).
+    MemberStatus {
+        /// The gathering.
+        acc: u64,
+    },
+    /// A user's connection counted: `{total, came online}`.
+    UserConn {
+        /// User.
+        user: Arc<str>,
+    },
+    /// A user's grace ended here: 1 = offline.
+    UserOffline {
+        /// User.
+        user: Arc<str>,
+        /// Rooms the user was last in on this node.
+        rooms: Vec<Arc<str>>,
+    },
+    /// A direct message or notification: the recipient's connections.
+    Direct {
+        /// Where the count goes.
+        agg: AggRef,
+    },
+    /// A broadcast's PUBLISH: how many nodes got it.
+    Broadcast {
+        /// The gathering on this bridge.
+        token: u64,
+    },
+    /// The heartbeat: expired nodes.
+    Heartbeat,
+    /// A probe's PUBLISH: receivers (0 = this node's subscription is gone).
+    Probe,
+    /// The live nodes' stats.
+    ClusterStats {
+        /// Where they go.
+        agg: AggRef,
+    },
+    /// A step of reaping a dead node or reconciling this one.
+    Reap(super::users::ReapStep),
+}
+
+/// Reads a reply as an integer.
+pub fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a reply as bytes.
+pub fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// Reads a reply as UTF-8 text.
+pub fn as_str(v: &Value) -> Option<&str> {
+    std::str::from_utf8(as_bytes(v)?).ok()
+}
+
+/// Reads a reply as an array (`Nil` = empty).
+pub fn as_array(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) => Some(a),
+        Value::Nil => Some(&[]),
+        _ => None,
+    }
+}
+
+/// A timer of the bridge.
+#[derive(Debug, Clone)]
+pub enum BTimer {
+    /// A user's presence grace on this node ended.
+    Grace {
+        /// Slot in the grace table.
+        slot: u32,
+        /// Its grace generation.
+        generation: u32,
+    },
+    /// Housekeeping.
+    Tick,
+    /// Heartbeat and probe.
+    Heartbeat,
+}
+
+/// What the rooms' and users' handlers work with: Redis (the command FIFO
+/// and the subscriptions), the cores, timers.
+pub struct Io<'a> {
+    /// Monotonic ms of this iteration.
+    pub now_ms: u64,
+    /// Monotonic µs (the cores' clock, for the delivery histogram).
+    pub now_us: u64,
+    /// Key names.
+    pub keys: &'a Keys,
+    /// The scripts.
+    pub scripts: &'a Scripts,
+    /// Settings.
+    pub cfg: &'a Settings,
+    cmd: &'a mut RespConn,
+    fifo: &'a mut VecDeque<(Want, u64)>,
+    /// Wants that could not be sent (the connection is down): failed after
+    /// the handler returns.
+    failed: &'a mut Vec<Want>,
+    subs: &'a mut Vec<String>,
+    unsubs: &'a mut Vec<String>,
+    sub_ready: bool,
+    outbox: &'a mut Outbox,
+    wheel: &'a mut TimerWheel<BTimer>,
+    rng: &'a mut fastrand::Rng,
+}
+
+impl Io<'_> {
+    /// Whether commands can be sent to Redis.
+    pub fn cmd_ready(&self) -> bool {
+        self.cmd.ready() && self.fifo.len() < MAX_IN_FLIGHT
+    }
+
+    /// Sends a command; its reply goes to `want`. When Redis cannot take
+    /// it, `want` fails (`unavailable`).
+    pub fn call(&mut self, cmd: &redis::Cmd, want: Want) {
+        if !self.cmd_ready() {
+            self.failed.push(want);
+            return;
+        }
+        self.cmd.send(cmd);
+        self.fifo.push_back((want, self.now_ms));
+    }
+
+    /// An EVALSHA of `script` over `keys`; the caller adds the arguments.
+    pub fn script(&self, script: &Script, keys: &[&str]) -> redis::Cmd {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(script.get_hash()).arg(keys.len());
+        for k in keys {
+            c.arg(*k);
+        }
+        c
+    }
+
+    /// Subscribes to a channel (sent with this iteration's batch; a down
+    /// pub/sub connection resubscribes everything when it is back).
+    pub fn subscribe(&mut self, channel: String) {
+        if self.sub_ready {
+            self.subs.push(channel);
+        }
+    }
+
+    /// Unsubscribes from a channel.
+    pub fn unsubscribe(&mut self, channel: String) {
+        if self.sub_ready {
+            self.unsubs.push(channel);
+        }
+    }
+
+    /// An event for `core`.
+    pub fn event(&mut self, core: usize, ev: Event) {
+        self.outbox.push(core, BusMsg::Event(ev));
+    }
+
+    /// A bridge timer at `at_ms`.
+    pub fn timer(&mut self, at_ms: u64, t: BTimer) {
+        self.wheel.insert(at_ms, t);
+    }
+
+    /// A candidate epoch for a room Redis does not know.
+    pub fn new_epoch(&mut self) -> String {
+        format!("{:08x}", self.rng.u32(..))
+    }
+
+    /// A random number (tokens, nonces).
+    pub fn nonce(&mut self) -> u64 {
+        self.rng.u64(..)
+    }
+}
+
+/// A broadcast's count being gathered by this bridge.
+#[derive(Debug)]
+struct Gather {
+    /// Where the total goes (for a broadcast this node started), or the
+    /// node and token to report to (for one from another node).
+    to: GatherTo,
+    /// Parts expected (nodes, or this node's cores); `None` until known.
+    expect: Option<u32>,
+    got: u32,
+    sum: u64,
+    started_ms: u64,
+}
+
+#[derive(Debug)]
+enum GatherTo {
+    /// The asking core on this node.
+    Core(AggRef),
+    /// Another node's gathering (node, its token).
+    Node(String, u64),
+}
+
+/// A `members` answer waiting for its members' statuses.
+#[derive(Debug)]
+struct MembersAcc {
+    room: Arc<str>,
+    id: Option<Id>,
+    answer: Answer,
+    info: Value,
+    statuses: Vec<Option<String>>,
+    left: usize,
+}
+
+/// The bridge of one node.
+pub struct Bridge {
+    shared: Arc<Shared>,
+    bus: Bus,
+    outbox: Outbox,
+    poll: Poll,
+    rx: Receiver<Vec<Command>>,
+    keys: Keys,
+    scripts: Scripts,
+    cfg: Settings,
+    cmd: RespConn,
+    sub: RespConn,
+    fifo: VecDeque<(Want, u64)>,
+    failed: Vec<Want>,
+    subs: Vec<String>,
+    unsubs: Vec<String>,
+    wheel: TimerWheel<BTimer>,
+    rng: fastrand::Rng,
+    rooms: NodeRooms,
+    users: NodeUsers,
+    gathers: HashMap<u64, Gather>,
+    members: HashMap<u64, MembersAcc>,
+    next_token: u64,
+    /// The probe on the pub/sub connection: (number, sent at ms).
+    probe: Option<(u64, u64)>,
+    probe_n: u64,
+    stopping: bool,
+    values: Vec<Value>,
+}
+
+/// Starts the bridge thread of node `node`.
+pub fn spawn(
+    shared: Arc<Shared>,
+    bus: Bus,
+    target: Target,
+    node: &str,
+    prefix: &str,
+    cfg: Settings,
+) -> io::Result<(Handle, JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let cores = bus.cores();
+    let now = shared.now_ms();
+    let mut bridge = Bridge {
+        outbox: Outbox::new(cores),
+        bus,
+        poll,
+        rx,
+        keys: Keys::new(prefix, node),
+        scripts: Scripts::default(),
+        cmd: RespConn::new("command", target.clone(), CMD),
+        sub: RespConn::new("pub/sub", target, SUB),
+        fifo: VecDeque::new(),
+        failed: Vec::new(),
+        subs: Vec::new(),
+        unsubs: Vec::new(),
+        wheel: TimerWheel::new(WHEEL_SLOTS, WHEEL_TICK_MS, now),
+        rng: fastrand::Rng::new(),
+        rooms: NodeRooms::new(cores),
+        users: NodeUsers::new(cfg.grace_ms),
+        gathers: HashMap::new(),
+        members: HashMap::new(),
+        next_token: 0,
+        probe: None,
+        probe_n: 0,
+        stopping: false,
+        values: Vec::new(),
+        cfg,
+        shared,
+    };
+    bridge.shared.redis_down.store(true, Ordering::Relaxed);
+    bridge.wheel.insert(now + TICK_MS, BTimer::Tick);
+    bridge.wheel.insert(now + HEARTBEAT_MS, BTimer::Heartbeat);
+    let thread = std::thread::Builder::new()
+        .name("corecast-redis".into())
+        .spawn(move || bridge.run())?;
+    Ok((Handle { tx, waker }, thread))
+}
+
+impl Bridge {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        info!(node = self.keys.node(), "redis bridge started");
+        loop {
+            let now = self.shared.now_ms();
+            self.connect(now);
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                warn!(error = %e, "redis bridge: poll failed; bridge exits");
+                break;
+            }
+            let now = self.shared.now_ms();
+            for ev in events.iter() {
+                match ev.token() {
+                    CMD => self.on_cmd_event(now),
+                    SUB => self.on_sub_event(now),
+                    _ => {}
+                }
+            }
+            self.take_commands(now);
+            self.run_timers(now);
+            self.check_timeouts(now);
+            self.flush(now);
+            if self.stopping {
+                break;
+            }
+        }
+        info!("redis bridge stopped");
+    }
+
+    fn io(&mut self, now_ms: u64) -> (Io<'_>, &mut NodeRooms, &mut NodeUsers) {
+        let sub_ready = self.sub.ready();
+        (
+            Io {
+                now_ms,
+                now_us: self.shared.now_us(),
+                keys: &self.keys,
+                scripts: &self.scripts,
+                cfg: &self.cfg,
+                cmd: &mut self.cmd,
+                fifo: &mut self.fifo,
+                failed: &mut self.failed,
+                subs: &mut self.subs,
+                unsubs: &mut self.unsubs,
+                sub_ready,
+                outbox: &mut self.outbox,
+                wheel: &mut self.wheel,
+                rng: &mut self.rng,
+            },
+            &mut self.rooms,
+            &mut self.users,
+        )
+    }
+
+    fn poll_timeout(&self, now: u64) -> Duration {
+        let mut ms = self.wheel.next_timeout_ms(now).unwrap_or(250).min(250);
+        for c in [&self.cmd, &self.sub] {
+            if let Some(at) = c.next_deadline() {
+                ms = ms.min(at.saturating_sub(now));
+            }
+        }
+        if !self.failed.is_empty() {
+            ms = 0;
+        }
+        Duration::from_millis(ms)
+    }
+
+    /// Starts connection attempts that are due.
+    fn connect(&mut self, now: u64) {
+        if self.cmd.state() == ConnState::Down {
+            let loads: Vec<redis::Cmd> = self
+                .scripts
+                .sources
+                .iter()
+                .map(|s| redis::cmd("SCRIPT").arg("LOAD").arg(s).to_owned())
+                .collect();
+            let name = format!("corecast:{}:cmd", self.keys.node());
+            if let Progress::Failed(e) =
+                self.cmd
+                    .try_connect(self.poll.registry(), now, &name, &loads)
+            {
+                self.cmd_lost(now, &e);
+            }
+        }
+        if self.sub.state() == ConnState::Down {
+            let name = format!("corecast:{}:sub", self.keys.node());
+            if let Progress::Failed(e) = self.sub.try_connect(self.poll.registry(), now, &name, &[])
+            {
+                self.sub_lost(&e);
+            }
+        }
+        for p in [self.cmd.check_deadline(now)] {
+            if let Progress::Failed(e) = p {
+                self.cmd_lost(now, &e);
+            }
+        }
+        if let Progress::Failed(e) = self.sub.check_deadline(now) {
+            self.sub_lost(&e);
+        }
+    }
+
+    fn update_health(&self) {
+        let down = !(self.cmd.ready() && self.sub.ready());
+        self.shared.redis_down.store(down, Ordering::Relaxed);
+    }
+
+    // ---- the command connection ----------------------------------------
+
+    fn on_cmd_event(&mut self, now: u64) {
+        let mut values = std::mem::take(&mut self.values);
+        match self.cmd.on_event(now, &mut values) {
+            Progress::Ready => {
+                info!(node = self.keys.node(), "redis command connection ready");
+                self.update_health();
+                let (mut io, rooms, users) = self.io(now);
+                super::users::reconcile(&mut io, rooms, users);
+                rooms.on_cmd_back(&mut io);
+            }
+            Progress::Failed(e) => {
+                self.values = values;
+                self.dispatch_replies(now);
+                return self.cmd_lost(now, &e);
+            }
+            Progress::Same => {}
+        }
+        self.values = values;
+        self.dispatch_replies(now);
+    }
+
+    fn dispatch_replies(&mut self, now: u64) {
+        let values = std::mem::take(&mut self.values);
+        for v in values.into_iter() {
+            let Some((want, _)) = self.fifo.pop_front() else {
+                warn!("redis reply without a command; connection reset");
+                self.cmd.reset(now, "unexpected reply");
+                self.cmd_lost(now, "unexpected reply");
+                break;
+            };
+            self.on_reply(now, want, v);
+        }
+        self.fail_pending(now);
+    }
+
+    /// The command connection is gone: every waiting command fails.
+    fn cmd_lost(&mut self, now: u64, why: &str) {
+        if !self.fifo.is_empty() || self.cmd.connects > 0 {
+            warn!(node = self.keys.node(), waiting = self.fifo.len(), "{why}");
+        } else {
+            debug!("{why}");
+        }
+        self.update_health();
+        let waiting: Vec<Want> = self.fifo.drain(..).map(|(w, _)| w).collect();
+        self.failed.extend(waiting);
+        self.fail_pending(now);
+    }
+
+    fn fail_pending(&mut self, now: u64) {
+        while !self.failed.is_empty() {
+            let failed = std::mem::take(&mut self.failed);
+            for w in failed {
+                self.fail(now, w);
+            }
+        }
+    }
+
+    fn check_timeouts(&mut self, now: u64) {
+        if let Some((_, sent)) = self.fifo.front()
+            && now.saturating_sub(*sent) >= COMMAND_TIMEOUT_MS
+        {
+            self.cmd.reset(now, "a reply timed out");
+            self.cmd_lost(now, "redis command connection: a reply timed out");
+        }
+        if let Some((_, sent)) = self.probe
+            && now.saturating_sub(sent) >= PROBE_TIMEOUT_MS
+            && self.sub.ready()
+        {
+            self.probe = None;
+            self.sub.reset(now, "probe lost");
+            self.sub_lost("redis pub/sub connection: a probe did not come back");
+        }
+        if self
+            .gathers
+            .values()
+            .any(|g| now.saturating_sub(g.started_ms) >= GATHER_TIMEOUT_MS)
+        {
+            let late: Vec<u64> = self
+                .gathers
+                .iter()
+                .filter(|(_, g)| now.saturating_sub(g.started_ms) >= GATHER_TIMEOUT_MS)
+                .map(|(&t, _)| t)
+                .collect();
+            for t in late {
+                if let Some(g) = self.gathers.remove(&t) {
+                    self.finish_gather(now, g);
+                }
+            }
+        }
+    }
+
+    // ---- the pub/sub connection ----------------------------------------
+
+    fn on_sub_event(&mut self, now: u64) {
+        let mut values = std::mem::take(&mut self.values);
+        let progress = self.sub.on_event(now, &mut values);
+        for v in values.drain(..) {
+            self.on_push(now, v);
+        }
+        self.values = values;
+        match progress {
+            Progress::Ready => {
+                info!(node = self.keys.node(), "redis pub/sub connection ready");
+                self.update_health();
+                self.subs.push(self.keys.node_channel(self.keys.node()));
+                self.subs.push(self.keys.bcast());
+                let (mut io, rooms, users) = self.io(now);
+                rooms.resubscribe(&mut io);
+                users.resubscribe(&mut io);
+            }
+            Progress::Failed(e) => self.sub_lost(&e),
+            Progress::Same => {}
+        }
+        self.fail_pending(now);
+    }
+
+    fn sub_lost(&mut self, why: &str) {
+        if self.sub.connects > 0 {
+            warn!(node = self.keys.node(), "{why}");
+        } else {
+            debug!("{why}");
+        }
+        self.update_health();
+        self.probe = None;
+        self.subs.clear();
+        self.unsubs.clear();
+        let now = self.shared.now_ms();
+        let (mut io, rooms, _) = self.io(now);
+        rooms.on_sub_lost(&mut io);
+    }
+
+    /// A message or confirmation on the pub/sub connection.
+    fn on_push(&mut self, now: u64, v: Value) {
+        let Some(a) = as_array(&v) else {
+            return;
+        };
+        let (Some(kind), Some(channel)) =
+            (a.first().and_then(as_bytes), a.get(1).and_then(as_bytes))
+        else {
+            return;
+        };
+        let channel = channel.to_vec();
+        match kind {
+            b"message" => {
+                let Some(payload) = a.get(2).and_then(as_bytes) else {
+                    return;
+                };
+                let payload = payload.to_vec();
+                self.on_message(now, &channel, &payload);
+            }
+            b"subscribe" => {
+                if let Channel::Room(room) = self.keys.classify(&channel) {
+                    let room = room.to_string();
+                    let (mut io, rooms, _) = self.io(now);
+                    rooms.on_subscribed(&mut io, &room);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_message(&mut self, now: u64, channel: &[u8], payload: &[u8]) {
+        match self.keys.classify(channel) {
+            Channel::Room(room) => {
+                let room = room.to_string();
+                let (mut io, rooms, users) = self.io(now);
+                if payload.first() == Some(&b'p') {
+                    users.on_presence(&mut io, rooms, &payload[1..]);
+                } else {
+                    rooms.on_payload(&mut io, &room, payload);
+                }
+            }
+            Channel::User(user) => {
+                let user = user.to_string();
+                let (mut io, rooms, users) = self.io(now);
+                users.on_user_payload(&mut io, rooms, &user, payload);
+            }
+            Channel::Other => self.on_node_payload(now, payload),
+        }
+    }
+
+    /// The node channel (probes, counts) and broadcasts.
+    fn on_node_payload(&mut self, now: u64, payload: &[u8]) {
+        match payload.first() {
+            Some(b'k') => {
+                let n: Option<u64> = std::str::from_utf8(&payload[1..])
+                    .ok()
+                    .and_then(|s| s.parse().ok());
+                if self.probe.is_some_and(|(p, _)| Some(p) == n) {
+                    self.probe = None;
+                }
+            }
+            Some(b'a') => {
+                let text = std::str::from_utf8(&payload[1..]).unwrap_or("");
+                let Some((token, n)) = text.split_once(',') else {
+                    return;
+                };
+                let (Ok(token), Ok(n)) = (token.parse::<u64>(), n.parse::<u64>()) else {
+                    return;
+                };
+                self.gather_part(now, token, n);
+            }
+            Some(b'b') => {
+                // b<len>,<origin node><token>,<json>
+                let Some((origin, token, json)) = parse_bcast(&payload[1..]) else {
+                    return;
+                };
+                let frame = crate::frame::text_frame(json);
+                self.next_token += 1;
+                let mine = self.next_token;
+                let cores = self.bus.cores();
+                self.gathers.insert(
+                    mine,
+                    Gather {
+                        to: GatherTo::Node(origin.to_string(), token),
+                        expect: Some(cores as u32),
+                        got: 0,
+                        sum: 0,
+                        started_ms: now,
+                    },
+                );
+                for c in 0..cores {
+                    let ev = Event::Broadcast {
+                        frame: frame.clone(),
+                        agg: crate::engine::Report::Bridge(mine),
+                    };
+                    self.outbox.push(c, BusMsg::Event(ev));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn gather_part(&mut self, now: u64, token: u64, n: u64) {
+        let done = match self.gathers.get_mut(&token) {
+            Some(g) => {
+                g.got += 1;
+                g.sum += n;
+                g.expect.is_some_and(|e| g.got >= e)
+            }
+            None => false,
+        };
+        if done && let Some(g) = self.gathers.remove(&token) {
+            self.finish_gather(now, g);
+        }
+    }
+
+    fn finish_gather(&mut self, now: u64, g: Gather) {
+        match g.to {
+            GatherTo::Core(agg) => {
+                let ev = Event::AggDone {
+                    token: agg.token,
+                    delivered: g.sum,
+                };
+                self.outbox.push(agg.core, BusMsg::Event(ev));
+            }
+            GatherTo::Node(node, token) => {
+                let cmd = redis::cmd("PUBLISH")
+                    .arg(self.keys.node_channel(&node))
+                    .arg(format!("a{token},{}", g.sum))
+                    .to_owned();
+                let (mut io, _, _) = self.io(now);
+                io.call(&cmd, Want::Ignore("count"));
+            }
+        }
+    }
+
+    // ---- commands from the cores ---------------------------------------
+
+    fn take_commands(&mut self, now: u64) {
+        for _ in 0..1024 {
+            let batch = match self.rx.try_recv() {
+                Ok(b) => b,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.stopping = true;
+                    break;
+                }
+            };
+            if batch.is_empty() {
+                self.stopping = true;
+            }
+            for cmd in batch {
+                self.command(now, cmd);
+            }
+        }
+        self.fail_pending(now);
+    }
+
+    fn command(&mut self, now: u64, cmd: Command) {
+        let (mut io, rooms, users) = self.io(now);
+        match cmd {
+            Command::Join {
+                room,
+                core,
+                conn,
+                user,
+                name,
+                id,
+                since,
+                rejoin,
+            } => {
+                let req = JoinReq {
+                    core,
+                    conn,
+                    user,
+                    name,
+                    id,
+                    since,
+                    rejoin,
+                };
+                rooms.join(&mut io, room, req);
+            }
+            Command::Leave { room, core, user } => rooms.leave(&mut io, room, core, user),
+            Command::Publish { room, reply, tail } => {
+                if !io.cmd_ready() {
+                    return io.failed.push(Want::Publish { room, reply });
+                }
+                let k = io.keys;
+                let mut c = io.script(
+                    &io.scripts.publish,
+                    &[
+                        &k.room(&room, "m"),
+                        &k.room(&room, "h"),
+                        &k.room(&room, "u"),
+                    ],
+                );
+                c.arg(k.room_channel(&room))
+                    .arg(io.new_epoch())
+                    .arg(io.cfg.size)
+                    .arg(io.cfg.ttl_ms)
+                    .arg(io.cfg.idle_ms)
+                    .arg(&*room)
+                    .arg(tail);
+                io.call(&c, Want::Publish { room, reply });
+            }
+            Command::History {
+                room,
+                reply,
+                before,
+                limit,
+            } => {
+                let start = match before {
+                    Some(b) => format!("({b}-0"),
+                    None => "+".into(),
+                };
+                let c = redis::cmd("XREVRANGE")
+                    .arg(io.keys.room(&room, "h"))
+                    .arg(start)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit.min(io.cfg.max_history))
+                    .to_owned();
+                io.call(&c, Want::History { room, reply });
+            }
+            Command::Members { room, id, answer } => {
+                let k = io.keys;
+                let c = io.script(
+                    &io.scripts.room_info,
+                    &[
+                        &k.room(&room, "m"),
+                        &k.room(&room, "u"),
+                        &k.room(&room, "nm"),
+                        &k.room(&room, "h"),
+                    ],
+                );
+                io.call(&c, Want::RoomInfo { room, id, answer });
+            }
+            Command::Typing { room, user, typing } => rooms.typing(&mut io, room, user, typing),
+            Command::SetStatus { user, status } => users.set_status(&mut io, &user, status),
+            Command::UserConnected {
+                user, core, conn, ..
+            } => users.connect(&mut io, user, core, conn),
+            Command::UserGone {
+                user,
+                core,
+                conn,
+                rooms: left,
+            } => users.disconnect(&mut io, user, core, conn, &left),
+            Command::UserRoom { user, room, joined } => users.room_changed(&user, &room, joined),
+            Command::ToUser { user, frame, agg } => users.to_user(&mut io, &user, &frame, agg),
+            Command::Broadcast { frame, agg } => {
+                self.next_token += 1;
+                let token = self.next_token;
+                let json = crate::frame::payload(&frame);
+                let payload = bcast_payload(self.keys.node(), token, json);
+                self.gathers.insert(
+                    token,
+                    Gather {
+                        to: GatherTo::Core(agg),
+                        expect: None,
+                        got: 0,
+                        sum: 0,
+                        started_ms: now,
+                    },
+                );
+                let c = redis::cmd("PUBLISH")
+                    .arg(self.keys.bcast())
+                    .arg(payload)
+                    .to_owned();
+                let (mut io, _, _) = self.io(now);
+                io.call(&c, Want::Broadcast { token });
+            }
+            Command::Delivered { token, delivered } => self.gather_part(now, token, delivered),
+            Command::ClusterStats { agg } => {
+                let (nodes, stats) = io.keys.nodes();
+                let c = io.script(&io.scripts.cluster_stats, &[&nodes, &stats]);
+                io.call(&c, Want::ClusterStats { agg });
+            }
+        }
+    }
+
+    // ---- replies ---------------------------------------------------------
+
+    fn on_reply(&mut self, now: u64, want: Want, v: Value) {
+        if let Value::ServerError(e) = &v
+            && e.code() == "NOSCRIPT"
+        {
+            // Scripts were flushed behind our back: reload them (reconnect).
+            warn!("redis lost our scripts (SCRIPT FLUSH?); reconnecting");
+            self.cmd.reset(now, "NOSCRIPT");
+            self.failed.push(want);
+            return self.cmd_lost(now, "redis command connection: NOSCRIPT");
+        }
+        let cutoff = crate::auth::unix_now_ms().saturating_sub(self.cfg.ttl_ms);
+        let (mut io, rooms, users) = self.io(now);
+        match want {
+            Want::Ignore(what) => {
+                if let Value::ServerError(e) = &v {
+                    warn!(what, error = ?e, "redis command failed");
+                }
+            }
+            Want::Publish { room, reply } => {
+                let parsed = as_array(&v).and_then(|a| {
+                    Some((
+                        as_int(a.first()?)? as u64,
+                        as_str(a.get(1)?)?.to_string(),
+                        as_int(a.get(2)?)? as u64,
+                    ))
+                });
+                let Some(reply) = reply else { return };
+                match parsed {
+                    Some((seq, epoch, ts)) => {
+                        let (core, ev) = replies::publish_ack(reply, &room, seq, &epoch, ts);
+                        rooms.publish_acked(&mut io, &room, seq, core, ev);
+                    }
+                    None => {
+                        warn!(room = %room, reply = ?v, "publish script failed");
+                        let msg = "the cluster engine failed; retry";
+                        let (core, ev) = replies::refuse(reply, ErrorCode::Unavailable, msg);
+                        io.event(core, ev);
+                    }
+                }
+            }
+            Want::Join { room, req } => rooms.on_join_reply(&mut io, room, req, v),
+            Want::Position { room } => rooms.on_position(&mut io, room, v),
+            Want::Fill { room } => rooms.on_fill(&mut io, room, v),
+            Want::History { room, reply } => {
+                let text = history_reply(&room, &reply, &v, cutoff);
+                io.event(reply.core, replies::reply(reply.conn, &text));
+            }
+            Want::RoomInfo { room, id, answer } => {
+                let users_of = info_users(&v);
+                if users_of.is_empty() || !io.cmd_ready() {
+                    let (core, ev) = members_answer(&room, id, answer, &v, &[]);
+                    return io.event(core, ev);
+                }
+                self.next_token += 1;
+                let acc = self.next_token;
+                let (mut io, _, _) = self.io(now);
+                for u in &users_of {
+                    let c = redis::cmd("HGET").arg(io.keys.user(u)).arg("st").to_owned();
+                    io.call(&c, Want::MemberStatus { acc });
+                }
+                self.members.insert(
+                    acc,
+                    MembersAcc {
+                        room,
+                        id,
+                        answer,
+                        info: v,
+                        statuses: Vec::with_capacity(users_of.len()),
+                        left: users_of.len(),
+                    },
+                );
+            }
+            Want::MemberStatus { acc } => {
+                let done = match self.members.get_mut(&acc) {
+                    Some(m) => {
+                        m.statuses.push(as_str(&v).map(String::from));
+                        m.left -= 1;
+                        m.left == 0
+                    }
+                    None => false,
+                };
+                if done && let Some(m) = self.members.remove(&acc) {
+                    let (core, ev) = members_answer(&m.room, m.id, m.answer, &m.info, &m.statuses);
+                    self.outbox.push(core, BusMsg::Event(ev));
+                }
+            }
+            Want::UserConn { user } => users.on_conn_reply(&mut io, &user, &v),
+            Want::UserOffline { user, rooms: last } => {
+                users.on_offline_reply(&mut io, &user, last, &v)
+            }
+            Want::Direct { agg } => {
+                let n = as_int(&v).unwrap_or(0).max(0) as u64;
+                io.event(
+                    agg.core,
+                    Event::AggExpect {
+                        token: agg.token,
+                        parts: 1,
+                    },
+                );
+                io.event(
+                    agg.core,
+                    Event::AggDone {
+                        token: agg.token,
+                        delivered: n,
+                    },
+                );
+            }
+            Want::Broadcast { token } => {
+                let n = as_int(&v).unwrap_or(0).max(0) as u32;
+                let done = match self.gathers.get_mut(&token) {
+                    Some(g) => {
+                        g.expect = Some(n);
+                        g.got >= n
+                    }
+                    None => false,
+                };
+                if done && let Some(g) = self.gathers.remove(&token) {
+                    self.finish_gather(now, g);
+                }
+            }
+            Want::Heartbeat => {
+                let dead: Vec<String> = as_array(&v)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(as_str)
+                    .filter(|n| *n != io.keys.node())
+                    .map(String::from)
+                    .collect();
+                for node in dead {
+                    super::users::start_reap(&mut io, &node);
+                }
+            }
+            Want::Probe => {
+                if as_int(&v) == Some(0) && self.sub.ready() {
+                    self.probe = None;
+                    self.sub.reset(now, "not subscribed");
+                    self.sub_lost("redis pub/sub connection: not subscribed to our channel");
+                }
+            }
+            Want::ClusterStats { agg } => {
+                let json = cluster_json(&v);
+                io.event(
+                    agg.core,
+                    Event::AggInfo {
+                        token: agg.token,
+                        json,
+                    },
+                );
+            }
+            Want::Reap(step) => super::users::on_reap_reply(&mut io, rooms, users, step, v),
+        }
+    }
+
+    /// A command that could not be sent or was never answered.
+    fn fail(&mut self, now: u64, want: Want) {
+        let (mut io, rooms, users) = self.io(now);
+        let unavailable = "the cluster engine (Redis) is unreachable; retry later";
+        match want {
+            Want::Publish { reply, .. } => {
+                if let Some(reply) = reply {
+                    let (core, ev) = replies::refuse(reply, ErrorCode::Unavailable, unavailable);
+                    io.event(core, ev);
+                }
+            }
+            Want::Join { room, req } => rooms.join_failed(&mut io, room, req),
+            Want::History { reply, .. } => {
+                let (core, ev) = replies::refuse(reply, ErrorCode::Unavailable, unavailable);
+                io.event(core, ev);
+            }
+            Want::RoomInfo { answer, .. } => {
+                let (core, ev) = match answer {
+                    Answer::Ws(reply) => {
+                        replies::refuse(reply, ErrorCode::Unavailable, unavailable)
+                    }
+                    Answer::Http { core, conn } => (
+                        core,
+                        Event::HttpReply {
+                            conn,
+                            status: 503,
+                            body: crate::core::http::error_body("unavailable", unavailable),
+                        },
+                    ),
+                };
+                io.event(core, ev);
+            }
+            Want::MemberStatus { acc } => {
+                if let Some(m) = self.members.remove(&acc) {
+                    let (core, ev) = match m.answer {
+                        Answer::Ws(reply) => {
+                            replies::refuse(reply, ErrorCode::Unavailable, unavailable)
+                        }
+                        Answer::Http { core, conn } => (
+                            core,
+                            Event::HttpReply {
+                                conn,
+                                status: 503,
+                                body: crate::core::http::error_body("unavailable", unavailable),
+                            },
+                        ),
+                    };
+                    self.outbox.push(core, BusMsg::Event(ev));
+                }
+            }
+            Want::Direct { agg } | Want::ClusterStats { agg } => io.event(
+                agg.core,
+                Event::AggFailed {
+                    token: agg.token,
+                    code: ErrorCode::Unavailable,
+                },
+            ),
+            Want::Broadcast { token } => {
+                if let Some(g) = self.gathers.remove(&token)
+                    && let GatherTo::Core(agg) = g.to
+                {
+                    self.outbox.push(
+                        agg.core,
+                        BusMsg::Event(Event::AggFailed {
+                            token: agg.token,
+                            code: ErrorCode::Unavailable,
+                        }),
+                    );
+                }
+            }
+            Want::Position { room } | Want::Fill { room } => rooms.retry_later(&room),
+            Want::UserOffline { user, rooms: last } => users.offline_failed(&user, last),
+            Want::Ignore(_)
+            | Want::UserConn { .. }
+            | Want::Heartbeat
+            | Want::Probe
+            | Want::Reap(_) => {
+                // Redis is reconciled with this node's state when the
+                // connection is back.
+            }
+        }
+    }
+
+    // ---- timers and the end of an iteration ------------------------------
+
+    fn run_timers(&mut self, now: u64) {
+        let mut expired = Vec::new();
+        self.wheel.advance(now, &mut expired);
+        for t in expired {
+            match t {
+                BTimer::Tick => {
+                    let (mut io, rooms, _) = self.io(now);
+                    rooms.tick(&mut io);
+                    io.timer(now + TICK_MS, BTimer::Tick);
+                }
+                BTimer::Heartbeat => {
+                    self.heartbeat(now);
+                    self.wheel.insert(now + HEARTBEAT_MS, BTimer::Heartbeat);
+                }
+                BTimer::Grace { slot, generation } => {
+                    let (mut io, _, users) = self.io(now);
+                    users.grace_timer(&mut io, slot, generation);
+                }
+            }
+        }
+        self.fail_pending(now);
+    }
+
+    /// Registers the node (with its stats), looks for dead nodes, probes
+    /// the pub/sub connection.
+    fn heartbeat(&mut self, now: u64) {
+        if !self.cmd.ready() {
+            return;
+        }
+        let stats = crate::proto::event::Event::object()
+            .num(
+                "connections",
+                self.shared.connections.load(Ordering::Relaxed) as u64,
+            )
+            .num("users", self.users.online() as u64)
+            .num("rooms", self.rooms.len() as u64)
+            .finish();
+        let (nodes, stats_key) = self.keys.nodes();
+        let node = self.keys.node().to_string();
+        let probe = self.sub.ready() && self.probe.is_none();
+        self.probe_n += 1;
+        let probe_n = self.probe_n;
+        let (mut io, _, _) = self.io(now);
+        let mut c = io.script(&io.scripts.heartbeat, &[&nodes, &stats_key]);
+        c.arg(&node).arg(NODE_TTL_MS).arg(stats);
+        io.call(&c, Want::Heartbeat);
+        if probe {
+            let c = redis::cmd("PUBLISH")
+                .arg(io.keys.node_channel(&node))
+                .arg(format!("k{probe_n}"))
+                .to_owned();
+            io.call(&c, Want::Probe);
+            self.probe = Some((probe_n, now));
+        }
+    }
+
+    fn flush(&mut self, now: u64) {
+        if self.sub.ready() {
+            for chunk in self.subs.chunks(512) {
+                let mut c = redis::cmd("SUBSCRIBE");
+                for ch in chunk {
+                    c.arg(ch);
+                }
+                self.sub.send(&c);
+            }
+            for chunk in self.unsubs.chunks(512) {
+                let mut c = redis::cmd("UNSUBSCRIBE");
+                for ch in chunk {
+                    c.arg(ch);
+                }
+                self.sub.send(&c);
+            }
+        }
+        self.subs.clear();
+        self.unsubs.clear();
+        if let Progress::Failed(e) = self.sub.flush(now) {
+            self.sub_lost(&e);
+        }
+        if let Progress::Failed(e) = self.cmd.flush(now) {
+            self.cmd_lost(now, &e);
+        }
+        self.shared
+            .redis_bytes_in
+            .store(self.sub.bytes_in + self.cmd.bytes_in, Ordering::Relaxed);
+        self.outbox.flush(&self.bus);
+    }
+}
+
+/// A broadcast on the broadcast channel: `b<len>,<origin><token>,<json>`.
+fn bcast_payload(origin: &str, token: u64, json: &[u8]) -> Vec<u8> {
+    let mut p = format!("b{},{origin}{token},", origin.len()).into_bytes();
+    p.extend_from_slice(json);
+    p
+}
+
+/// `<len>,<origin><token>,<json>` of a broadcast.
+fn parse_bcast(p: &[u8]) -> Option<(&str, u64, &[u8])> {
+    let c = memchr::memchr(b',', p)?;
+    let len: usize = std::str::from_utf8(&p[..c]).ok()?.parse().ok()?;
+    let rest = &p[c + 1..];
+    let origin = std::str::from_utf8(rest.get(..len)?).ok()?;
+    let rest = &rest[len..];
+    let c2 = memchr::memchr(b',', rest)?;
+    let token = std::str::from_utf8(&rest[..c2]).ok()?.parse().ok()?;
+    Some((origin, token, &rest[c2 + 1..]))
+}
+
+/// `{"nodes":N,"connections":..,"users":..,"per_node":[..]}` from the
+/// live nodes' stats.
+fn cluster_json(v: &Value) -> String {
+    let a = as_array(v).unwrap_or(&[]);
+    let mut per_node = String::from("[");
+    let (mut nodes, mut conns) = (0u64, 0u64);
+    let mut i = 0;
+    while i + 1 < a.len() {
+        let node = as_str(&a[i]).unwrap_or("");
+        let stats = as_str(&a[i + 1]).unwrap_or("{}");
+        let parsed: serde_json::Value = serde_json::from_str(stats).unwrap_or_default();
+        conns += parsed["connections"].as_u64().unwrap_or(0);
+        if nodes > 0 {
+            per_node.push(',');
+        }
+        nodes += 1;
+        let mut obj = String::from("{\"node\":");
+        crate::proto::event::push_json_str(&mut obj, node);
+        let inner = stats.trim();
+        if inner.len() > 2 && inner.starts_with('{') {
+            obj.push(',');
+            obj.push_str(&inner[1..]);
+        } else {
+            obj.push('}');
+        }
+        per_node.push_str(&obj);
+        i += 2;
+    }
+    per_node.push(']');
+    format!("{{\"nodes\":{nodes},\"connections\":{conns},\"per_node\":{per_node}}}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_payload_parses() {
+        let p = bcast_payload("127.0.0.1:8", 42, b"{\"a\":1}");
+        let (origin, token, json) = parse_bcast(&p[1..]).expect("parses");
+        assert_eq!(
+            (origin, token, json),
+            ("127.0.0.1:8", 42, &b"{\"a\":1}"[..])
+        );
+        assert!(parse_bcast(b"99,short").is_none());
+    }
+
+    #[test]
+    fn cluster_stats_merge_nodes() {
+        let v = Value::Array(vec![
+            Value::BulkString(b"a".to_vec()),
+            Value::BulkString(b"{\"connections\":2,\"users\":1}".to_vec()),
+            Value::BulkString(b"b".to_vec()),
+            Value::BulkString(b"{\"connections\":3}".to_vec()),
+        ]);
+        let j: serde_json::Value = serde_json::from_str(&cluster_json(&v)).unwrap();
+        assert_eq!(j["nodes"], 2);
+        assert_eq!(j["connections"], 5);
+        assert_eq!(j["per_node"][0]["node"], "a");
+        assert_eq!(j["per_node"][0]["users"], 1);
+    }
+}
