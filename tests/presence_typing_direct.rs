@@ -34,30 +34,6 @@ fn join(c: &mut Client, room: &str) -> Value {
     a
 }
 
-/// The next `presence` event of `user` (other events skipped).
-fn presence_of(c: &mut Client, user: &str) -> Value {
-    loop {
-        let v = c.recv();
-        if v["type"] == "presence" && v["user"] == user {
-            return v;
-        }
-    }
-}
-
-/// No `presence` event for `user` within `ms`.
-fn no_presence_of(c: &mut Client, user: &str, ms: u64) {
-    let end = std::time::Instant::now() + Duration::from_millis(ms);
-    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
-        match c.recv_within(left.as_millis() as u64 + 1) {
-            Some(v) if v["type"] == "presence" && v["user"] == user => {
-                panic!("unexpected presence event {v}")
-            }
-            Some(_) => {}
-            None => return,
-        }
-    }
-}
-
 #[test]
 fn presence_is_per_user_across_cores_and_offline_waits_for_the_grace() {
     let s = server(1);
@@ -77,8 +53,8 @@ fn presence_is_per_user_across_cores_and_offline_waits_for_the_grace() {
     assert_eq!(ann[0]["name"], "Ann");
     // A status set on one connection reaches the room once.
     a1.send(json!({"type":"presence","status":"away"}));
-    assert_eq!(presence_of(&mut watcher, "ann")["status"], "away");
-    no_presence_of(&mut watcher, "ann", 300);
+    assert_eq!(watcher.presence_of("ann")["status"], "away");
+    watcher.no_presence_of("ann", 300);
     let m = watcher.ask(json!({"type":"members","room":"pres"}));
     let ann = m["users"]
         .as_array()
@@ -90,10 +66,10 @@ fn presence_is_per_user_across_cores_and_offline_waits_for_the_grace() {
     // One connection going away changes nothing; the second one makes
     // her offline, but only after the grace.
     drop(a0);
-    no_presence_of(&mut watcher, "ann", 1500);
+    watcher.no_presence_of("ann", 1500);
     let gone = std::time::Instant::now();
     drop(a1);
-    let v = presence_of(&mut watcher, "ann");
+    let v = watcher.presence_of("ann");
     assert_eq!(v["status"], "offline");
     assert!(
         gone.elapsed() >= Duration::from_millis(900),
@@ -112,7 +88,7 @@ fn a_quick_reconnect_does_not_flap() {
     std::thread::sleep(Duration::from_millis(300));
     let mut b = connect_on(&s, "bob", "Bob", 1);
     join(&mut b, "flap");
-    no_presence_of(&mut watcher, "bob", 2600);
+    watcher.no_presence_of("bob", 2600);
     // Still listed as a member.
     let m = watcher.ask(json!({"type":"members","room":"flap"}));
     assert!(

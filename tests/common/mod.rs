@@ -222,6 +222,30 @@ impl Client {
         }
     }
 
+    /// The next `presence` event of `user` (other events skipped).
+    pub fn presence_of(&mut self, user: &str) -> Value {
+        loop {
+            let v = self.recv();
+            if v["type"] == "presence" && v["user"] == user {
+                return v;
+            }
+        }
+    }
+
+    /// Asserts no `presence` event for `user` arrives within `ms`.
+    pub fn no_presence_of(&mut self, user: &str, ms: u64) {
+        let end = Instant::now() + Duration::from_millis(ms);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.recv_within(left.as_millis() as u64 + 1) {
+                Some(v) if v["type"] == "presence" && v["user"] == user => {
+                    panic!("unexpected presence event {v}")
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+
     /// The next event, which must have type `ty`.
     pub fn recv_type(&mut self, ty: &str) -> Value {
         let v = self.recv();

@@ -519,6 +519,9 @@ impl Bridge {
                 let (mut io, rooms, users) = self.io(now);
                 super::users::reconcile(&mut io, rooms, users);
                 rooms.on_cmd_back(&mut io);
+                // Registered at once: a node that dies right after its
+                // start must still be reaped.
+                self.heartbeat(now);
             }
             Progress::Failed(e) => {
                 self.values = values;
