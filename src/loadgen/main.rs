@@ -48,7 +48,8 @@ struct Args {
     /// Scenario to run.
     #[arg(value_enum)]
     scenario: Scenario,
-    /// Server address (host:port).
+    /// Server address (host:port); several, comma-separated, spread the
+    /// connections over them round-robin (the nodes of a cluster).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
     /// Generator threads per process.
@@ -90,9 +91,10 @@ struct Args {
     /// Source addresses 127.0.0.2.. to spread connections over.
     #[arg(long, default_value_t = 8)]
     sources: usize,
-    /// PID of the server, for CPU time and memory figures.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// PID of the server, for CPU time and memory figures; several,
+    /// comma-separated, add up their CPU time (cluster nodes and Redis).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -115,18 +117,15 @@ fn main() {
         std::process::exit(2);
     }
     let outcome = if args.scenario == Scenario::Recovery {
-        let Some(addr) = args.addr.to_socket_addrs().ok().and_then(|mut i| i.next()) else {
-            eprintln!("corecast-load: cannot resolve {}", args.addr);
-            std::process::exit(2);
-        };
+        let addr = resolve(&args.addr)[0].0;
         recovery::run(&recovery::Params {
             addr,
-            host: args.addr.clone(),
+            host: args.addr.split(',').next().unwrap_or_default().to_string(),
             missed: args.missed,
             size: args.size,
             warmup: Duration::from_secs_f64(args.warmup),
             duration: Duration::from_secs_f64(args.duration),
-            server_pid: args.server_pid,
+            server_pid: args.server_pid.clone(),
             quiet: args.quiet,
         })
     } else if args.procs > 1 && args.shard.is_none() {
@@ -182,8 +181,25 @@ fn args_json(a: &Args) -> serde_json::Value {
     })
 }
 
+/// The addresses of `--addr`, resolved (exits when one does not resolve).
+fn resolve(list: &str) -> Vec<(SocketAddr, String)> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(
+            |s| match s.to_socket_addrs().ok().and_then(|mut i| i.next()) {
+                Some(a) => (a, s.to_string()),
+                None => {
+                    eprintln!("corecast-load: cannot resolve {s}");
+                    std::process::exit(2);
+                }
+            },
+        )
+        .collect()
+}
+
 /// Splits this process's share of the work over its threads.
-fn plans(a: &Args, addr: SocketAddr, shard: usize, procs: usize) -> Vec<Plan> {
+fn plans(a: &Args, addrs: &[(SocketAddr, String)], shard: usize, procs: usize) -> Vec<Plan> {
     let sources: Vec<Ipv4Addr> = (0..a.sources)
         .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
         .collect();
@@ -210,8 +226,7 @@ fn plans(a: &Args, addr: SocketAddr, shard: usize, procs: usize) -> Vec<Plan> {
                 0.0
             };
             Plan {
-                addr,
-                host: a.addr.clone(),
+                addrs: addrs.to_vec(),
                 sources: sources.clone(),
                 conns: split(a.conns, workers, w),
                 members,
@@ -228,20 +243,14 @@ fn plans(a: &Args, addr: SocketAddr, shard: usize, procs: usize) -> Vec<Plan> {
 
 /// Runs this process's workers; as a shard, synchronises with the parent.
 fn run_local(a: &Args) -> Outcome {
-    let addr = match a.addr.to_socket_addrs().ok().and_then(|mut i| i.next()) {
-        Some(addr) => addr,
-        None => {
-            eprintln!("corecast-load: cannot resolve {}", a.addr);
-            std::process::exit(2);
-        }
-    };
+    let addrs = resolve(&a.addr);
     let (shard, procs) = (a.shard.unwrap_or(0), a.shard.map_or(1, |_| a.procs));
-    let mem_before = match (a.scenario, a.server_pid) {
-        (Scenario::Idle, Some(pid)) => Some(report::MemSample::take(pid)),
+    let mem_before = match (a.scenario, a.server_pid.first()) {
+        (Scenario::Idle, Some(&pid)) => Some(report::MemSample::take(pid)),
         _ => None,
     };
     let shared = Arc::new(Shared::new(a.rooms));
-    let handles: Vec<_> = plans(a, addr, shard, procs)
+    let handles: Vec<_> = plans(a, &addrs, shard, procs)
         .into_iter()
         .enumerate()
         .map(|(i, plan)| {
@@ -298,7 +307,7 @@ fn run_local(a: &Args) -> Outcome {
                 now,
                 shared.ops.load(Ordering::Relaxed),
                 shared.published.load(Ordering::Relaxed),
-                a.server_pid.and_then(CpuSample::take),
+                CpuSample::take_all(&a.server_pid),
             ));
         }
         if !a.quiet && a.shard.is_none() && now.duration_since(last_print) >= Duration::from_secs(1)
@@ -319,8 +328,8 @@ fn run_local(a: &Args) -> Outcome {
             && now >= *start + dur
         {
             shared.measuring.store(false, Ordering::SeqCst);
-            let cpu1 = a.server_pid.and_then(CpuSample::take);
-            if let (Some(before), Some(pid)) = (mem_before, a.server_pid) {
+            let cpu1 = CpuSample::take_all(&a.server_pid);
+            if let (Some(before), Some(&pid)) = (mem_before, a.server_pid.first()) {
                 idle_mem = Some((before, report::MemSample::take(pid)));
             }
             result_window = (
@@ -390,8 +399,8 @@ fn settle_final_seqs(shared: &Shared, shard: bool, threads: usize) {
 /// Runs `--procs` shard processes in lock step and merges their results.
 fn run_procs(a: &Args) -> Outcome {
     let exe = std::env::current_exe().expect("own path");
-    let mem_before = match (a.scenario, a.server_pid) {
-        (Scenario::Idle, Some(pid)) => Some(report::MemSample::take(pid)),
+    let mem_before = match (a.scenario, a.server_pid.first()) {
+        (Scenario::Idle, Some(&pid)) => Some(report::MemSample::take(pid)),
         _ => None,
     };
     let mut children = Vec::new();
@@ -424,13 +433,13 @@ fn run_procs(a: &Args) -> Outcome {
     let go = Instant::now();
     let warm = Duration::from_secs_f64(a.warmup);
     std::thread::sleep(warm);
-    let cpu0 = a.server_pid.and_then(CpuSample::take);
+    let cpu0 = CpuSample::take_all(&a.server_pid);
     let window_start = Instant::now();
     std::thread::sleep(
         (go + warm + Duration::from_secs_f64(a.duration)).saturating_duration_since(Instant::now()),
     );
-    let cpu1 = a.server_pid.and_then(CpuSample::take);
-    let idle_mem = mem_before.zip(a.server_pid.map(report::MemSample::take));
+    let cpu1 = CpuSample::take_all(&a.server_pid);
+    let idle_mem = mem_before.zip(a.server_pid.first().map(|&p| report::MemSample::take(p)));
     let sampled = window_start.elapsed().as_secs_f64();
     // Fan-out: every shard reports the final seqs its publishers got; all
     // of them then drain to the maximum.

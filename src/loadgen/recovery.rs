@@ -33,7 +33,7 @@ pub struct Params {
     /// Measured time.
     pub duration: Duration,
     /// Server PID for CPU figures.
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     /// Print progress.
     pub quiet: bool,
 }
@@ -164,7 +164,7 @@ pub fn run(p: &Params) -> Outcome {
     loop {
         let now = Instant::now();
         if window.is_none() && now >= start + p.warmup {
-            window = Some((now, p.server_pid.and_then(CpuSample::take)));
+            window = Some((now, CpuSample::take_all(&p.server_pid)));
         }
         if let Some((w0, _)) = &window
             && now >= *w0 + p.duration
@@ -193,7 +193,7 @@ pub fn run(p: &Params) -> Outcome {
     }
     if let Some((w0, cpu0)) = window {
         o.window_s = w0.elapsed().as_secs_f64();
-        let cpu1 = p.server_pid.and_then(CpuSample::take);
+        let cpu1 = CpuSample::take_all(&p.server_pid);
         o.server_cpu = cpu0.zip(cpu1).map(|(a, b)| b.minus(a));
     }
     o.hist = Some(hist);

@@ -30,6 +30,20 @@ impl CpuSample {
         })
     }
 
+    /// The sum over `pids` (`None` without any, or when one is gone).
+    pub fn take_all(pids: &[u32]) -> Option<CpuSample> {
+        if pids.is_empty() {
+            return None;
+        }
+        let mut sum = CpuSample::default();
+        for &pid in pids {
+            let s = CpuSample::take(pid)?;
+            sum.user += s.user;
+            sum.sys += s.sys;
+        }
+        Some(sum)
+    }
+
     /// `self - earlier`.
     pub fn minus(self, earlier: CpuSample) -> CpuSample {
         CpuSample {

@@ -86,10 +86,9 @@ pub struct WorkerResult {
 /// This worker's share of the work.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Server address.
-    pub addr: SocketAddr,
-    /// Host header.
-    pub host: String,
+    /// Server addresses (connections go round-robin) and their text (the
+    /// Host header).
+    pub addrs: Vec<(SocketAddr, String)>,
     /// Source addresses to spread connections over.
     pub sources: Vec<Ipv4Addr>,
     /// Echo / idle: connections; connect: concurrent dialers.
@@ -300,7 +299,8 @@ impl Worker {
     fn open_conn(&mut self, role: Role2, path: &'static str) {
         let src = self.plan.sources[(self.plan.offset + self.dialed) % self.plan.sources.len()];
         self.dialed += 1;
-        let mut stream = match dial(self.plan.addr, src) {
+        let addr = self.plan.addrs[self.dialed % self.plan.addrs.len()].0;
+        let mut stream = match dial(addr, src) {
             Ok(s) => s,
             Err(e) => return self.error(format!("connect from {src}: {e}")),
         };
@@ -545,7 +545,7 @@ impl Worker {
                 }
                 let req = format!(
                     "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                    c.path, self.plan.host
+                    c.path, self.plan.addrs[0].1
                 );
                 c.phase = Phase::Handshake {
                     out: req.into_bytes(),
