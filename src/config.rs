@@ -579,8 +579,15 @@ impl Config {
             return err("cluster.redis: standalone mode takes exactly one URL".into());
         }
         for url in &c.redis {
-            if let Err(e) = crate::engine::redis::conn::Target::parse(url) {
-                return err(format!("cluster.redis: {e}"));
+            match crate::engine::redis::conn::Target::parse(url) {
+                Err(e) => return err(format!("cluster.redis: {e}")),
+                Ok(t) if t.tls => {
+                    return err(
+                        "cluster.redis: rediss:// (TLS to Redis) is not supported yet; use redis://"
+                            .into(),
+                    );
+                }
+                Ok(_) => {}
             }
         }
         Ok(())
@@ -801,6 +808,49 @@ mod tests {
             Durability::Memory,
             "a memory server never writes"
         );
+    }
+
+    #[test]
+    fn cluster_keys_are_validated_and_name_the_node() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CORECAST_CLUSTER__REDIS", "redis://:pw@127.0.0.1:6390/2"),
+                ("CORECAST_CLUSTER__PREFIX", "app1"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.cluster.enabled());
+        let bound: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        assert_eq!(c.node_name(bound).as_deref(), Some("127.0.0.1:9001"));
+        let t = crate::engine::redis::conn::Target::parse(&c.cluster.redis[0]).unwrap();
+        assert_eq!((t.port, t.db, t.password.as_deref()), (6390, 2, Some("pw")));
+        let plain = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(plain.node_name(bound), None, "no [cluster]: one node");
+        for (k, v, key) in [
+            ("CORECAST_CLUSTER__REDIS", "http://x", "cluster.redis"),
+            ("CORECAST_CLUSTER__REDIS", "rediss://127.0.0.1:6380", "TLS"),
+            ("CORECAST_CLUSTER__PREFIX", "a b", "cluster.prefix"),
+            ("CORECAST_CLUSTER__NODE", "n{1}", "cluster.node"),
+        ] {
+            let mut vars = vec![(k, v)];
+            if k != "CORECAST_CLUSTER__REDIS" {
+                vars.push(("CORECAST_CLUSTER__REDIS", "redis://127.0.0.1:6390"));
+            }
+            let e = Config::load(None, env(&vars), &Overrides::default()).unwrap_err();
+            assert!(e.0.contains(key), "{k}={v}: {e}");
+        }
+        let e = Config::load(
+            None,
+            env(&[
+                ("CORECAST_CLUSTER__REDIS", "redis://127.0.0.1:6390"),
+                ("CORECAST_CLUSTER__MODE", "sentinel"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("cluster.mode"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,11 @@ use tracing::{info, warn};
 /// Room history is durable by default: acks wait for an fsync of the store
 /// in ./data (CORECAST_HISTORY__PATH). CORECAST_HISTORY__DURABILITY=async
 /// acks at once and writes in the background; =memory keeps nothing on disk.
+///
+/// Several nodes: CORECAST_CLUSTER__REDIS=redis://HOST:PORT/DB (or
+/// [cluster] redis in --config) makes this server a node of a cluster
+/// through that Redis; CORECAST_CLUSTER__NODE names it (default: its listen
+/// address). An ack then means the message is in Redis memory.
 #[derive(Parser, Debug)]
 #[command(name = "corecast", version, about, long_about)]
 struct Cli {

@@ -57,6 +57,8 @@ const GATHER_TIMEOUT_MS: u64 = 4000;
 /// Most commands waiting for replies; beyond it commands are refused with
 /// `overloaded` (Redis is not keeping up).
 const MAX_IN_FLIGHT: usize = 200_000;
+/// Most publishes sequenced by one script call.
+const PUBLISH_BATCH: usize = 128;
 /// Timer wheel tick and slots.
 const WHEEL_TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 512;
@@ -68,12 +70,10 @@ const TICK_MS: u64 = 250;
 pub enum Want {
     /// Nothing; an error reply is logged under this name.
     Ignore(&'static str),
-    /// A publish: `{seq, epoch, ts}` → the `ack`.
+    /// A batch of publishes: `{ts, seq, epoch, ...}` → their `ack`s.
     Publish {
-        /// Room.
-        room: Arc<str>,
-        /// Where the `ack` goes.
-        reply: Option<ReplyTo>,
+        /// Each message's room and where its `ack` goes, in order.
+        items: Vec<(Arc<str>, Option<ReplyTo>)>,
     },
     /// A join script.
     Join {
@@ -340,6 +340,8 @@ pub struct Bridge {
     users: NodeUsers,
     gathers: HashMap<u64, Gather>,
     members: HashMap<u64, MembersAcc>,
+    /// Publishes taken in this iteration, sequenced together at its end.
+    publishes: Vec<(Arc<str>, Option<ReplyTo>, String)>,
     next_token: u64,
     /// The probe on the pub/sub connection: (number, sent at ms).
     probe: Option<(u64, u64)>,
@@ -381,6 +383,7 @@ pub fn spawn(
         users: NodeUsers::new(cfg.grace_ms),
         gathers: HashMap::new(),
         members: HashMap::new(),
+        publishes: Vec::new(),
         next_token: 0,
         probe: None,
         probe_n: 0,
@@ -799,10 +802,44 @@ impl Bridge {
                 self.command(now, cmd);
             }
         }
+        self.send_publishes(now);
         self.fail_pending(now);
     }
 
+    /// Sequences the publishes taken so far with one script call.
+    fn send_publishes(&mut self, now: u64) {
+        if self.publishes.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.publishes);
+        let (mut io, _, _) = self.io(now);
+        let k = io.keys;
+        let mut keys: Vec<String> = Vec::with_capacity(batch.len() * 3);
+        for (room, _, _) in &batch {
+            keys.push(k.room(room, "m"));
+            keys.push(k.room(room, "h"));
+            keys.push(k.room(room, "u"));
+        }
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut c = io.script(&io.scripts.publish, &key_refs);
+        c.arg(io.new_epoch())
+            .arg(io.cfg.size)
+            .arg(io.cfg.ttl_ms)
+            .arg(io.cfg.idle_ms)
+            .arg(k.prefix());
+        let mut items = Vec::with_capacity(batch.len());
+        for (room, reply, tail) in batch {
+            c.arg(&*room).arg(tail);
+            items.push((room, reply));
+        }
+        io.call(&c, Want::Publish { items });
+    }
+
     fn command(&mut self, now: u64, cmd: Command) {
+        if !matches!(cmd, Command::Publish { .. }) {
+            // Commands reach Redis in the order the cores sent them.
+            self.send_publishes(now);
+        }
         let (mut io, rooms, users) = self.io(now);
         match cmd {
             Command::Join {
@@ -829,25 +866,14 @@ impl Bridge {
             Command::Leave { room, core, user } => rooms.leave(&mut io, room, core, user),
             Command::Publish { room, reply, tail } => {
                 if !io.cmd_ready() {
-                    return io.failed.push(Want::Publish { room, reply });
+                    return io.failed.push(Want::Publish {
+                        items: vec![(room, reply)],
+                    });
                 }
-                let k = io.keys;
-                let mut c = io.script(
-                    &io.scripts.publish,
-                    &[
-                        &k.room(&room, "m"),
-                        &k.room(&room, "h"),
-                        &k.room(&room, "u"),
-                    ],
-                );
-                c.arg(k.room_channel(&room))
-                    .arg(io.new_epoch())
-                    .arg(io.cfg.size)
-                    .arg(io.cfg.ttl_ms)
-                    .arg(io.cfg.idle_ms)
-                    .arg(&*room)
-                    .arg(tail);
-                io.call(&c, Want::Publish { room, reply });
+                self.publishes.push((room, reply, tail));
+                if self.publishes.len() >= PUBLISH_BATCH {
+                    self.send_publishes(now);
+                }
             }
             Command::History {
                 room,
@@ -945,25 +971,28 @@ impl Bridge {
                     warn!(what, error = ?e, "redis command failed");
                 }
             }
-            Want::Publish { room, reply } => {
-                let parsed = as_array(&v).and_then(|a| {
-                    Some((
-                        as_int(a.first()?)? as u64,
-                        as_str(a.get(1)?)?.to_string(),
-                        as_int(a.get(2)?)? as u64,
-                    ))
-                });
-                let Some(reply) = reply else { return };
-                match parsed {
-                    Some((seq, epoch, ts)) => {
-                        let (core, ev) = replies::publish_ack(reply, &room, seq, &epoch, ts);
-                        rooms.publish_acked(&mut io, &room, seq, core, ev);
-                    }
-                    None => {
-                        warn!(room = %room, reply = ?v, "publish script failed");
-                        let msg = "the cluster engine failed; retry";
-                        let (core, ev) = replies::refuse(reply, ErrorCode::Unavailable, msg);
-                        io.event(core, ev);
+            Want::Publish { items } => {
+                let a = as_array(&v).unwrap_or(&[]);
+                let ts = a.first().and_then(as_int);
+                if ts.is_none() || a.len() != 1 + 2 * items.len() {
+                    warn!(messages = items.len(), reply = ?v, "publish script failed");
+                }
+                for (i, (room, reply)) in items.into_iter().enumerate() {
+                    let parsed = ts.and_then(|ts| {
+                        let seq = as_int(a.get(1 + 2 * i)?)? as u64;
+                        Some((seq, as_str(a.get(2 + 2 * i)?)?, ts as u64))
+                    });
+                    let Some(reply) = reply else { continue };
+                    match parsed {
+                        Some((seq, epoch, ts)) => {
+                            let (core, ev) = replies::publish_ack(reply, &room, seq, epoch, ts);
+                            rooms.publish_acked(&mut io, &room, seq, core, ev);
+                        }
+                        None => {
+                            let msg = "the cluster engine failed; retry";
+                            let (core, ev) = replies::refuse(reply, ErrorCode::Unavailable, msg);
+                            io.event(core, ev);
+                        }
                     }
                 }
             }
@@ -1085,10 +1114,13 @@ impl Bridge {
         let (mut io, rooms, users) = self.io(now);
         let unavailable = "the cluster engine (Redis) is unreachable; retry later";
         match want {
-            Want::Publish { reply, .. } => {
-                if let Some(reply) = reply {
-                    let (core, ev) = replies::refuse(reply, ErrorCode::Unavailable, unavailable);
-                    io.event(core, ev);
+            Want::Publish { items } => {
+                for (_, reply) in items {
+                    if let Some(reply) = reply {
+                        let (core, ev) =
+                            replies::refuse(reply, ErrorCode::Unavailable, unavailable);
+                        io.event(core, ev);
+                    }
                 }
             }
             Want::Join { room, req } => rooms.join_failed(&mut io, room, req),

@@ -82,6 +82,11 @@ impl Keys {
         format!("{}:node:{node}", self.prefix)
     }
 
+    /// The key and channel prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The broadcast channel.
     pub fn bcast(&self) -> String {
         format!("{}:bcast", self.prefix)
@@ -193,26 +198,44 @@ local function remove_member(users, names, nodeusers, channel, room, user)
 end
 "#;
 
-/// Sequences one message: KEYS meta, stream, users; ARGV channel, epoch
-/// candidate, size, ttl_ms, idle_ms, room, tail (`{"user":..},"data":..}`).
-/// Returns `{seq, epoch, ts}`.
+/// Sequences a batch of messages (every publish one bridge iteration took
+/// in, so the script's fixed cost is paid once per batch): KEYS meta,
+/// stream, users of each message in turn; ARGV epoch candidate, size,
+/// ttl_ms, idle_ms, key prefix, then room and tail (`{"user":..},"data":..}`)
+/// of each message. Returns `{ts, seq, epoch, seq, epoch, ...}`. The
+/// stream keeps at least `size` messages (`MAXLEN ~` trims whole nodes,
+/// which is several times cheaper than exact trimming); the age bound is
+/// applied every 64th message of a room, and reads skip older entries.
 const PUBLISH: &str = r#"
-local e = epoch_of(KEYS[1], KEYS[2], ARGV[2])
-local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 local ts = now_ms()
-local ev = '{"type":"message","room":"' .. ARGV[6] .. '","seq":' .. seq .. ',"epoch":"' .. e ..
-  '","ts":' .. ts .. ',"from":' .. ARGV[7]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 'd', ev, 't', ts)
-local cutoff = ts - tonumber(ARGV[4])
-for _ = 1, 64 do
-  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-  if #first == 0 or tonumber(first[1][2][4]) >= cutoff then break end
-  redis.call('XDEL', KEYS[2], first[1][1])
+local out = {ts}
+local cutoff = ts - tonumber(ARGV[3])
+local touched = {}
+for i = 0, #KEYS / 3 - 1 do
+  local m, h, u = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local room = ARGV[6 + 2 * i]
+  local e = epoch_of(m, h, ARGV[1])
+  local seq = redis.call('HINCRBY', m, 's', 1)
+  local ev = '{"type":"message","room":"' .. room .. '","seq":' .. seq .. ',"epoch":"' .. e ..
+    '","ts":' .. ts .. ',"from":' .. ARGV[7 + 2 * i]
+  redis.call('XADD', h, 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ev, 't', ts)
+  if seq % 64 == 0 then
+    for _ = 1, 64 do
+      local first = redis.call('XRANGE', h, '-', '+', 'COUNT', 1)
+      if #first == 0 or tonumber(first[1][2][4]) >= cutoff then break end
+      redis.call('XDEL', h, first[1][1])
+    end
+  end
+  if not touched[m] then
+    touched[m] = true
+    redis.call('PEXPIRE', h, ARGV[3])
+    idle(m, u, ARGV[4])
+  end
+  redis.call('PUBLISH', ARGV[5] .. ':r:{' .. room .. '}', 'm' .. seq .. ',' .. e .. ',' .. ev)
+  out[#out + 1] = seq
+  out[#out + 1] = e
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-idle(KEYS[1], KEYS[3], ARGV[5])
-redis.call('PUBLISH', ARGV[1], 'm' .. seq .. ',' .. e .. ',' .. ev)
-return {seq, e, ts}
+return out
 "#;
 
 /// A join's position (and registration): KEYS meta, stream, users, names,
