@@ -328,3 +328,112 @@ fn a_pubsub_connection_that_silently_stops_delivering_is_replaced() {
         acked3
     );
 }
+
+#[test]
+fn a_redis_behind_a_node_under_the_same_epoch_gets_a_new_epoch() {
+    // What a restart from an old snapshot or a lagging replica looks like:
+    // the room's seq in Redis goes back while its epoch stays. Positions
+    // must not be reused for other messages.
+    let redis = RedisServer::start();
+    let n1 = cluster_node(&redis, &env());
+    let (mut m, _) = Client::connect_welcome(&n1.url("/ws"));
+    let old = m.join("rolled")["epoch"].clone();
+    let (acked, _) = publish_some(&mut m, "rolled", 5);
+    assert_eq!(acked, [1, 2, 3, 4, 5]);
+    redis.cmd(&["HSET", "cc:r:{rolled}:m", "s", "2"]);
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // The node resubscribes, sees Redis behind its position, and the room
+    // moves to a new epoch: the member resumes and learns of the gap.
+    let (code, _, _) = m.read_until_close();
+    assert_eq!(code, Some(4009));
+    let (mut m, _) = Client::connect_welcome(&n1.url("/ws"));
+    m.send(json!({"type":"join","id":"j","room":"rolled","since":{"epoch":old,"seq":5}}));
+    let ack = m.recv_until("ack");
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert_ne!(ack["epoch"], old);
+    let (acked, _) = publish_some(&mut m, "rolled", 1);
+    let h = m.ask(json!({"type":"history","room":"rolled"}));
+    let last = h["messages"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (last["seq"].as_u64(), &last["epoch"]),
+        (Some(acked[0]), &ack["epoch"])
+    );
+}
+
+#[test]
+fn a_node_reaped_while_alive_puts_its_members_back() {
+    let redis = RedisServer::start();
+    let n1 = cluster_node(&redis, &env());
+    let n2 = cluster_node(&redis, &env());
+    let (mut w, _) = Client::connect_welcome(&n1.url("/ws"));
+    w.join("alive");
+    let (mut c, wc) = Client::connect_welcome(&n2.url("/ws"));
+    c.join("alive");
+    let user = wc["user"].as_str().unwrap().to_string();
+    // Make node 2's registration look expired: node 1 reaps it.
+    redis.cmd(&["ZADD", "cc:{nodes}", "0", &n2.addr.to_string()]);
+    loop {
+        let v = w.recv();
+        if v["type"] == "left" && v["user"] == user {
+            break;
+        }
+    }
+    // Node 2 finds itself gone at its next heartbeat and puts its member
+    // back; the member's connection never noticed.
+    loop {
+        let v = w.recv();
+        if v["type"] == "joined" && v["user"] == user {
+            break;
+        }
+    }
+    let m = w.ask(json!({"type":"members","room":"alive"}));
+    assert!(
+        m["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["user"] == user.as_str()),
+        "{m}"
+    );
+    c.send(json!({"type":"publish","id":"x","room":"alive","data":1}));
+    assert_eq!(w.recv_until("message")["from"]["user"], user.as_str());
+}
+
+#[test]
+fn an_offline_check_redis_missed_runs_when_it_is_back() {
+    let mut redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]);
+    let n1 = cluster_node(&redis, &env());
+    let n2 = cluster_node(&redis, &env());
+    let (mut w, _) = Client::connect_welcome(&n2.url("/ws"));
+    w.join("gone");
+    let (mut u, wu) = Client::connect_welcome(&n1.url("/ws"));
+    u.join("gone");
+    let user = wu["user"].as_str().unwrap().to_string();
+    drop(u);
+    // Redis is away when the grace (1 s) ends on node 1.
+    std::thread::sleep(Duration::from_millis(300));
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.restart();
+    // Once Redis is back the check runs: the user is gone from Redis (not
+    // left online forever). The `presence` event itself may race node 2's
+    // resubscription: events without a seq are best effort across an outage.
+    let key = format!("cc:u:{{{user}}}");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            redis.try_cmd(&["EXISTS", &key]).ok() == Some(redis::Value::Int(0))
+                && redis.try_cmd(&["SISMEMBER", "cc:online", &user]).ok()
+                    == Some(redis::Value::Int(0))
+        }),
+        "{user} still present in Redis: {:?}",
+        redis.try_cmd(&["HGETALL", &key])
+    );
+    drop(w);
+}

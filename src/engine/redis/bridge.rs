@@ -18,19 +18,23 @@
 //! not touch client connections.
 
 use super::conn::{ConnState, Progress, RespConn, Target};
-use super::rooms::{JoinReq, NodeRooms, history_reply, info_users, members_answer};
+use super::io::{BTimer, Io, MAX_IN_FLIGHT, Want};
+use super::rooms::{JoinReq, NodeRooms};
 use super::scripts::{Channel, Keys, Scripts};
 use super::users::NodeUsers;
-use super::{Handle, Settings};
+use super::wire::{
+    as_array, as_int, as_str, bcast_payload, cluster_json, history_reply, members_answer,
+    parse_bcast,
+};
+use super::{Handle, Settings, nodes};
 use crate::bus::{Bus, BusMsg, Outbox};
 use crate::core::Shared;
 use crate::engine::{AggRef, Answer, Command, Event, ReplyTo, replies};
 use crate::proto::ErrorCode;
-use crate::proto::command::Id;
 use crate::timer::TimerWheel;
 use crossbeam_channel::{Receiver, TryRecvError};
 use mio::{Events, Poll, Token, Waker};
-use redis::{Script, Value};
+use redis::Value;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
@@ -54,9 +58,6 @@ pub const NODE_TTL_MS: u64 = 15_000;
 const PROBE_TIMEOUT_MS: u64 = 3000;
 /// A broadcast's count from other nodes is awaited this long, ms.
 const GATHER_TIMEOUT_MS: u64 = 4000;
-/// Most commands waiting for replies; beyond it commands are refused with
-/// `overloaded` (Redis is not keeping up).
-const MAX_IN_FLIGHT: usize = 200_000;
 /// Most publishes sequenced by one script call.
 const PUBLISH_BATCH: usize = 128;
 /// Timer wheel tick and slots.
@@ -64,227 +65,6 @@ const WHEEL_TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 512;
 /// Housekeeping period (rooms' linger and parked joins, typing), ms.
 const TICK_MS: u64 = 250;
-
-/// What a reply is for (left in the FIFO when the command is sent).
-#[derive(Debug)]
-pub enum Want {
-    /// Nothing; an error reply is logged under this name.
-    Ignore(&'static str),
-    /// A batch of publishes: `{ts, seq, epoch, ...}` → their `ack`s.
-    Publish {
-        /// Each message's room and where its `ack` goes, in order.
-        items: Vec<(Arc<str>, Option<ReplyTo>)>,
-    },
-    /// A join script.
-    Join {
-        /// Room.
-        room: Arc<str>,
-        /// The join.
-        req: JoinReq,
-    },
-    /// A room's position.
-    Position {
-        /// Room.
-        room: Arc<str>,
-    },
-    /// A gap read from a room's stream.
-    Fill {
-        /// Room.
-        room: Arc<str>,
-    },
-    /// A `history` page.
-    History {
-        /// Room.
-        room: Arc<str>,
-        /// Where it goes.
-        reply: ReplyTo,
-    },
-    /// A room's description (first step of `members`).
-    RoomInfo {
-        /// Room.
-        room: Arc<str>,
-        /// Command id.
-        id: Option<Id>,
-        /// Where it goes.
-        answer: Answer,
-    },
-    /// One member's status (second step of `members`).
-    MemberStatus {
-        /// The gathering.
-        acc: u64,
-    },
-    /// A user's connection counted: `{total, came online}`.
-    UserConn {
-        /// User.
-        user: Arc<str>,
-    },
-    /// A user's grace ended here: 1 = offline.
-    UserOffline {
-        /// User.
-        user: Arc<str>,
-        /// Rooms the user was last in on this node.
-        rooms: Vec<Arc<str>>,
-    },
-    /// A direct message or notification: the recipient's connections.
-    Direct {
-        /// Where the count goes.
-        agg: AggRef,
-    },
-    /// A broadcast's PUBLISH: how many nodes got it.
-    Broadcast {
-        /// The gathering on this bridge.
-        token: u64,
-    },
-    /// The heartbeat: expired nodes.
-    Heartbeat,
-    /// A probe's PUBLISH: receivers (0 = this node's subscription is gone).
-    Probe,
-    /// The live nodes' stats.
-    ClusterStats {
-        /// Where they go.
-        agg: AggRef,
-    },
-    /// A step of reaping a dead node or reconciling this one.
-    Reap(super::users::ReapStep),
-}
-
-/// Reads a reply as an integer.
-pub fn as_int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-/// Reads a reply as bytes.
-pub fn as_bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
-/// Reads a reply as UTF-8 text.
-pub fn as_str(v: &Value) -> Option<&str> {
-    std::str::from_utf8(as_bytes(v)?).ok()
-}
-
-/// Reads a reply as an array (`Nil` = empty).
-pub fn as_array(v: &Value) -> Option<&[Value]> {
-    match v {
-        Value::Array(a) => Some(a),
-        Value::Nil => Some(&[]),
-        _ => None,
-    }
-}
-
-/// A timer of the bridge.
-#[derive(Debug, Clone)]
-pub enum BTimer {
-    /// A user's presence grace on this node ended.
-    Grace {
-        /// Slot in the grace table.
-        slot: u32,
-        /// Its grace generation.
-        generation: u32,
-    },
-    /// Housekeeping.
-    Tick,
-    /// Heartbeat and probe.
-    Heartbeat,
-}
-
-/// What the rooms' and users' handlers work with: Redis (the command FIFO
-/// and the subscriptions), the cores, timers.
-pub struct Io<'a> {
-    /// Monotonic ms of this iteration.
-    pub now_ms: u64,
-    /// Monotonic µs (the cores' clock, for the delivery histogram).
-    pub now_us: u64,
-    /// Key names.
-    pub keys: &'a Keys,
-    /// The scripts.
-    pub scripts: &'a Scripts,
-    /// Settings.
-    pub cfg: &'a Settings,
-    cmd: &'a mut RespConn,
-    fifo: &'a mut VecDeque<(Want, u64)>,
-    /// Wants that could not be sent (the connection is down): failed after
-    /// the handler returns.
-    failed: &'a mut Vec<Want>,
-    subs: &'a mut Vec<String>,
-    unsubs: &'a mut Vec<String>,
-    sub_ready: bool,
-    outbox: &'a mut Outbox,
-    wheel: &'a mut TimerWheel<BTimer>,
-    rng: &'a mut fastrand::Rng,
-}
-
-impl Io<'_> {
-    /// Whether commands can be sent to Redis.
-    pub fn cmd_ready(&self) -> bool {
-        self.cmd.ready() && self.fifo.len() < MAX_IN_FLIGHT
-    }
-
-    /// Sends a command; its reply goes to `want`. When Redis cannot take
-    /// it, `want` fails (`unavailable`).
-    pub fn call(&mut self, cmd: &redis::Cmd, want: Want) {
-        if !self.cmd_ready() {
-            self.failed.push(want);
-            return;
-        }
-        self.cmd.send(cmd);
-        self.fifo.push_back((want, self.now_ms));
-    }
-
-    /// An EVALSHA of `script` over `keys`; the caller adds the arguments.
-    pub fn script(&self, script: &Script, keys: &[&str]) -> redis::Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(script.get_hash()).arg(keys.len());
-        for k in keys {
-            c.arg(*k);
-        }
-        c
-    }
-
-    /// Subscribes to a channel (sent with this iteration's batch; a down
-    /// pub/sub connection resubscribes everything when it is back).
-    pub fn subscribe(&mut self, channel: String) {
-        if self.sub_ready {
-            self.subs.push(channel);
-        }
-    }
-
-    /// Unsubscribes from a channel.
-    pub fn unsubscribe(&mut self, channel: String) {
-        if self.sub_ready {
-            self.unsubs.push(channel);
-        }
-    }
-
-    /// An event for `core`.
-    pub fn event(&mut self, core: usize, ev: Event) {
-        self.outbox.push(core, BusMsg::Event(ev));
-    }
-
-    /// A bridge timer at `at_ms`.
-    pub fn timer(&mut self, at_ms: u64, t: BTimer) {
-        self.wheel.insert(at_ms, t);
-    }
-
-    /// A candidate epoch for a room Redis does not know.
-    pub fn new_epoch(&mut self) -> String {
-        format!("{:08x}", self.rng.u32(..))
-    }
-
-    /// A random number (tokens, nonces).
-    pub fn nonce(&mut self) -> u64 {
-        self.rng.u64(..)
-    }
-}
 
 /// A broadcast's count being gathered by this bridge.
 #[derive(Debug)]
@@ -307,17 +87,6 @@ enum GatherTo {
     Node(String, u64),
 }
 
-/// A `members` answer waiting for its members' statuses.
-#[derive(Debug)]
-struct MembersAcc {
-    room: Arc<str>,
-    id: Option<Id>,
-    answer: Answer,
-    info: Value,
-    statuses: Vec<Option<String>>,
-    left: usize,
-}
-
 /// The bridge of one node.
 pub struct Bridge {
     shared: Arc<Shared>,
@@ -332,14 +101,16 @@ pub struct Bridge {
     sub: RespConn,
     fifo: VecDeque<(Want, u64)>,
     failed: Vec<Want>,
-    subs: Vec<String>,
-    unsubs: Vec<String>,
+    /// Commands were dropped while connected: reconcile once drained.
+    dropped: bool,
+    /// A heartbeat succeeded on this command connection.
+    registered: bool,
+    subs: Vec<(bool, String)>,
     wheel: TimerWheel<BTimer>,
     rng: fastrand::Rng,
     rooms: NodeRooms,
     users: NodeUsers,
     gathers: HashMap<u64, Gather>,
-    members: HashMap<u64, MembersAcc>,
     /// Publishes taken in this iteration, sequenced together at its end.
     publishes: Vec<(Arc<str>, Option<ReplyTo>, String)>,
     next_token: u64,
@@ -375,14 +146,14 @@ pub fn spawn(
         sub: RespConn::new("pub/sub", target, SUB),
         fifo: VecDeque::new(),
         failed: Vec::new(),
+        dropped: false,
+        registered: false,
         subs: Vec::new(),
-        unsubs: Vec::new(),
         wheel: TimerWheel::new(WHEEL_SLOTS, WHEEL_TICK_MS, now),
         rng: fastrand::Rng::new(),
         rooms: NodeRooms::new(cores),
         users: NodeUsers::new(cfg.grace_ms),
         gathers: HashMap::new(),
-        members: HashMap::new(),
         publishes: Vec::new(),
         next_token: 0,
         probe: None,
@@ -417,12 +188,20 @@ impl Bridge {
                 break;
             }
             let now = self.shared.now_ms();
+            let (mut cmd_ready, mut sub_ready) = (self.cmd.more, self.sub.more);
             for ev in events.iter() {
                 match ev.token() {
-                    CMD => self.on_cmd_event(now),
-                    SUB => self.on_sub_event(now),
+                    CMD => cmd_ready = true,
+                    SUB => sub_ready = true,
                     _ => {}
                 }
+            }
+            // Reading resumes where a bounded read stopped, too.
+            if cmd_ready {
+                self.on_cmd_event(now);
+            }
+            if sub_ready {
+                self.on_sub_event(now);
             }
             self.take_commands(now);
             self.run_timers(now);
@@ -447,8 +226,8 @@ impl Bridge {
                 cmd: &mut self.cmd,
                 fifo: &mut self.fifo,
                 failed: &mut self.failed,
+                dropped: &mut self.dropped,
                 subs: &mut self.subs,
-                unsubs: &mut self.unsubs,
                 sub_ready,
                 outbox: &mut self.outbox,
                 wheel: &mut self.wheel,
@@ -466,7 +245,7 @@ impl Bridge {
                 ms = ms.min(at.saturating_sub(now));
             }
         }
-        if !self.failed.is_empty() {
+        if !self.failed.is_empty() || self.cmd.more || self.sub.more {
             ms = 0;
         }
         Duration::from_millis(ms)
@@ -520,7 +299,7 @@ impl Bridge {
                 info!(node = self.keys.node(), "redis command connection ready");
                 self.update_health();
                 let (mut io, rooms, users) = self.io(now);
-                super::users::reconcile(&mut io, rooms, users);
+                nodes::reconcile(&mut io, rooms, users);
                 rooms.on_cmd_back(&mut io);
                 // Registered at once: a node that dies right after its
                 // start must still be reaped.
@@ -620,8 +399,9 @@ impl Bridge {
             Progress::Ready => {
                 info!(node = self.keys.node(), "redis pub/sub connection ready");
                 self.update_health();
-                self.subs.push(self.keys.node_channel(self.keys.node()));
-                self.subs.push(self.keys.bcast());
+                self.subs
+                    .push((true, self.keys.node_channel(self.keys.node())));
+                self.subs.push((true, self.keys.bcast()));
                 let (mut io, rooms, users) = self.io(now);
                 rooms.resubscribe(&mut io);
                 users.resubscribe(&mut io);
@@ -641,7 +421,6 @@ impl Bridge {
         self.update_health();
         self.probe = None;
         self.subs.clear();
-        self.unsubs.clear();
         let now = self.shared.now_ms();
         let (mut io, rooms, _) = self.io(now);
         rooms.on_sub_lost(&mut io);
@@ -649,22 +428,25 @@ impl Bridge {
 
     /// A message or confirmation on the pub/sub connection.
     fn on_push(&mut self, now: u64, v: Value) {
-        let Some(a) = as_array(&v) else {
-            return;
+        let mut parts = match v {
+            Value::Array(a) => a.into_iter(),
+            Value::ServerError(e) => {
+                // E.g. NOPERM for an ACL user without channel rights: the
+                // joins waiting for that subscription time out.
+                return warn!(error = ?e, "redis refused a subscription");
+            }
+            _ => return,
         };
-        let (Some(kind), Some(channel)) =
-            (a.first().and_then(as_bytes), a.get(1).and_then(as_bytes))
+        let (Some(Value::BulkString(kind)), Some(Value::BulkString(channel))) =
+            (parts.next(), parts.next())
         else {
             return;
         };
-        let channel = channel.to_vec();
-        match kind {
+        match kind.as_slice() {
             b"message" => {
-                let Some(payload) = a.get(2).and_then(as_bytes) else {
-                    return;
-                };
-                let payload = payload.to_vec();
-                self.on_message(now, &channel, &payload);
+                if let Some(Value::BulkString(payload)) = parts.next() {
+                    self.on_message(now, &channel, &payload);
+                }
             }
             b"subscribe" => {
                 if let Channel::Room(room) = self.keys.classify(&channel) {
@@ -855,11 +637,13 @@ impl Bridge {
                 let req = JoinReq {
                     core,
                     conn,
+                    status: users.status_of(&user),
                     user,
                     name,
                     id,
                     since,
                     rejoin,
+                    at_ms: now,
                 };
                 rooms.join(&mut io, room, req);
             }
@@ -903,6 +687,7 @@ impl Bridge {
                         &k.room(&room, "u"),
                         &k.room(&room, "nm"),
                         &k.room(&room, "h"),
+                        &k.room(&room, "st"),
                     ],
                 );
                 io.call(&c, Want::RoomInfo { room, id, answer });
@@ -998,54 +783,19 @@ impl Bridge {
             }
             Want::Join { room, req } => rooms.on_join_reply(&mut io, room, req, v),
             Want::Position { room } => rooms.on_position(&mut io, room, v),
-            Want::Fill { room } => rooms.on_fill(&mut io, room, v),
+            Want::Fill { room, from, to } => rooms.on_fill(&mut io, room, from, to, v),
             Want::History { room, reply } => {
                 let text = history_reply(&room, &reply, &v, cutoff);
                 io.event(reply.core, replies::reply(reply.conn, &text));
             }
             Want::RoomInfo { room, id, answer } => {
-                let users_of = info_users(&v);
-                if users_of.is_empty() || !io.cmd_ready() {
-                    let (core, ev) = members_answer(&room, id, answer, &v, &[]);
-                    return io.event(core, ev);
-                }
-                self.next_token += 1;
-                let acc = self.next_token;
-                let (mut io, _, _) = self.io(now);
-                for u in &users_of {
-                    let c = redis::cmd("HGET").arg(io.keys.user(u)).arg("st").to_owned();
-                    io.call(&c, Want::MemberStatus { acc });
-                }
-                self.members.insert(
-                    acc,
-                    MembersAcc {
-                        room,
-                        id,
-                        answer,
-                        info: v,
-                        statuses: Vec::with_capacity(users_of.len()),
-                        left: users_of.len(),
-                    },
-                );
-            }
-            Want::MemberStatus { acc } => {
-                let done = match self.members.get_mut(&acc) {
-                    Some(m) => {
-                        m.statuses.push(as_str(&v).map(String::from));
-                        m.left -= 1;
-                        m.left == 0
-                    }
-                    None => false,
-                };
-                if done && let Some(m) = self.members.remove(&acc) {
-                    let (core, ev) = members_answer(&m.room, m.id, m.answer, &m.info, &m.statuses);
-                    self.outbox.push(core, BusMsg::Event(ev));
-                }
+                let (core, ev) = members_answer(&room, id, answer, &v);
+                io.event(core, ev);
             }
             Want::UserConn { user } => users.on_conn_reply(&mut io, &user, &v),
-            Want::UserOffline { user, rooms: last } => {
-                users.on_offline_reply(&mut io, &user, last, &v)
-            }
+            Want::UserOffline {
+                user, rooms: last, ..
+            } => users.on_offline_reply(&mut io, &user, last, &v),
             Want::Direct { agg } => {
                 let n = as_int(&v).unwrap_or(0).max(0) as u64;
                 io.event(
@@ -1077,16 +827,30 @@ impl Bridge {
                 }
             }
             Want::Heartbeat => {
-                let dead: Vec<String> = as_array(&v)
-                    .unwrap_or(&[])
+                let a = as_array(&v).unwrap_or(&[]);
+                let was_registered = a.first().and_then(as_int) == Some(1);
+                let dead: Vec<String> = a
                     .iter()
+                    .skip(1)
                     .filter_map(as_str)
                     .filter(|n| *n != io.keys.node())
                     .map(String::from)
                     .collect();
                 for node in dead {
-                    super::users::start_reap(&mut io, &node);
+                    nodes::start_reap(&mut io, &node);
                 }
+                if !was_registered && self.registered {
+                    // Another node reaped this one while it was alive (it
+                    // could not reach Redis, or stalled): put back what it
+                    // holds.
+                    warn!(
+                        node = self.keys.node(),
+                        "this node was reaped while alive; reconciling"
+                    );
+                    let (mut io, rooms, users) = self.io(now);
+                    nodes::reconcile(&mut io, rooms, users);
+                }
+                self.registered = true;
             }
             Want::Probe => {
                 if as_int(&v) == Some(0) && self.sub.ready() {
@@ -1105,7 +869,7 @@ impl Bridge {
                     },
                 );
             }
-            Want::Reap(step) => super::users::on_reap_reply(&mut io, rooms, users, step, v),
+            Want::Reap(step) => nodes::on_reap_reply(&mut io, rooms, users, step, v),
         }
     }
 
@@ -1144,24 +908,6 @@ impl Bridge {
                 };
                 io.event(core, ev);
             }
-            Want::MemberStatus { acc } => {
-                if let Some(m) = self.members.remove(&acc) {
-                    let (core, ev) = match m.answer {
-                        Answer::Ws(reply) => {
-                            replies::refuse(reply, ErrorCode::Unavailable, unavailable)
-                        }
-                        Answer::Http { core, conn } => (
-                            core,
-                            Event::HttpReply {
-                                conn,
-                                status: 503,
-                                body: crate::core::http::error_body("unavailable", unavailable),
-                            },
-                        ),
-                    };
-                    self.outbox.push(core, BusMsg::Event(ev));
-                }
-            }
             Want::Direct { agg } | Want::ClusterStats { agg } => io.event(
                 agg.core,
                 Event::AggFailed {
@@ -1182,15 +928,13 @@ impl Bridge {
                     );
                 }
             }
-            Want::Position { room } | Want::Fill { room } => rooms.retry_later(&room),
-            Want::UserOffline { user, rooms: last } => users.offline_failed(&user, last),
-            Want::Ignore(_)
-            | Want::UserConn { .. }
-            | Want::Heartbeat
-            | Want::Probe
-            | Want::Reap(_) => {
+            Want::Position { room } | Want::Fill { room, .. } => rooms.retry_later(&room),
+            Want::UserOffline { user, token, rooms } => users.offline_failed(user, token, rooms),
+            Want::Probe => self.probe = None,
+            Want::Ignore(_) | Want::UserConn { .. } | Want::Heartbeat | Want::Reap(_) => {
                 // Redis is reconciled with this node's state when the
-                // connection is back.
+                // connection is back, or (commands dropped while the queue
+                // was full) once the queue drained.
             }
         }
     }
@@ -1255,23 +999,33 @@ impl Bridge {
 
     fn flush(&mut self, now: u64) {
         if self.sub.ready() {
-            for chunk in self.subs.chunks(512) {
-                let mut c = redis::cmd("SUBSCRIBE");
-                for ch in chunk {
-                    c.arg(ch);
-                }
-                self.sub.send(&c);
-            }
-            for chunk in self.unsubs.chunks(512) {
-                let mut c = redis::cmd("UNSUBSCRIBE");
-                for ch in chunk {
-                    c.arg(ch);
+            // In the order asked: runs of subscriptions and unsubscriptions,
+            // up to 512 channels a command.
+            let mut i = 0;
+            while i < self.subs.len() {
+                let kind = self.subs[i].0;
+                let mut c = redis::cmd(if kind { "SUBSCRIBE" } else { "UNSUBSCRIBE" });
+                let mut n = 0;
+                while i < self.subs.len() && self.subs[i].0 == kind && n < 512 {
+                    c.arg(&self.subs[i].1);
+                    i += 1;
+                    n += 1;
                 }
                 self.sub.send(&c);
             }
         }
         self.subs.clear();
-        self.unsubs.clear();
+        if self.dropped && self.cmd.ready() && self.fifo.len() < MAX_IN_FLIGHT / 2 {
+            // Commands were dropped while the queue was full: make Redis
+            // match this node again.
+            self.dropped = false;
+            warn!(
+                node = self.keys.node(),
+                "commands were dropped (Redis behind); reconciling"
+            );
+            let (mut io, rooms, users) = self.io(now);
+            nodes::reconcile(&mut io, rooms, users);
+        }
         if let Progress::Failed(e) = self.sub.flush(now) {
             self.sub_lost(&e);
         }
@@ -1282,87 +1036,5 @@ impl Bridge {
             .redis_bytes_in
             .store(self.sub.bytes_in + self.cmd.bytes_in, Ordering::Relaxed);
         self.outbox.flush(&self.bus);
-    }
-}
-
-/// A broadcast on the broadcast channel: `b<len>,<origin><token>,<json>`.
-fn bcast_payload(origin: &str, token: u64, json: &[u8]) -> Vec<u8> {
-    let mut p = format!("b{},{origin}{token},", origin.len()).into_bytes();
-    p.extend_from_slice(json);
-    p
-}
-
-/// `<len>,<origin><token>,<json>` of a broadcast.
-fn parse_bcast(p: &[u8]) -> Option<(&str, u64, &[u8])> {
-    let c = memchr::memchr(b',', p)?;
-    let len: usize = std::str::from_utf8(&p[..c]).ok()?.parse().ok()?;
-    let rest = &p[c + 1..];
-    let origin = std::str::from_utf8(rest.get(..len)?).ok()?;
-    let rest = &rest[len..];
-    let c2 = memchr::memchr(b',', rest)?;
-    let token = std::str::from_utf8(&rest[..c2]).ok()?.parse().ok()?;
-    Some((origin, token, &rest[c2 + 1..]))
-}
-
-/// `{"nodes":N,"connections":..,"users":..,"per_node":[..]}` from the
-/// live nodes' stats.
-fn cluster_json(v: &Value) -> String {
-    let a = as_array(v).unwrap_or(&[]);
-    let mut per_node = String::from("[");
-    let (mut nodes, mut conns) = (0u64, 0u64);
-    let mut i = 0;
-    while i + 1 < a.len() {
-        let node = as_str(&a[i]).unwrap_or("");
-        let stats = as_str(&a[i + 1]).unwrap_or("{}");
-        let parsed: serde_json::Value = serde_json::from_str(stats).unwrap_or_default();
-        conns += parsed["connections"].as_u64().unwrap_or(0);
-        if nodes > 0 {
-            per_node.push(',');
-        }
-        nodes += 1;
-        let mut obj = String::from("{\"node\":");
-        crate::proto::event::push_json_str(&mut obj, node);
-        let inner = stats.trim();
-        if inner.len() > 2 && inner.starts_with('{') {
-            obj.push(',');
-            obj.push_str(&inner[1..]);
-        } else {
-            obj.push('}');
-        }
-        per_node.push_str(&obj);
-        i += 2;
-    }
-    per_node.push(']');
-    format!("{{\"nodes\":{nodes},\"connections\":{conns},\"per_node\":{per_node}}}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broadcast_payload_parses() {
-        let p = bcast_payload("127.0.0.1:8", 42, b"{\"a\":1}");
-        let (origin, token, json) = parse_bcast(&p[1..]).expect("parses");
-        assert_eq!(
-            (origin, token, json),
-            ("127.0.0.1:8", 42, &b"{\"a\":1}"[..])
-        );
-        assert!(parse_bcast(b"99,short").is_none());
-    }
-
-    #[test]
-    fn cluster_stats_merge_nodes() {
-        let v = Value::Array(vec![
-            Value::BulkString(b"a".to_vec()),
-            Value::BulkString(b"{\"connections\":2,\"users\":1}".to_vec()),
-            Value::BulkString(b"b".to_vec()),
-            Value::BulkString(b"{\"connections\":3}".to_vec()),
-        ]);
-        let j: serde_json::Value = serde_json::from_str(&cluster_json(&v)).unwrap();
-        assert_eq!(j["nodes"], 2);
-        assert_eq!(j["connections"], 5);
-        assert_eq!(j["per_node"][0]["node"], "a");
-        assert_eq!(j["per_node"][0]["users"], 1);
     }
 }

@@ -95,6 +95,12 @@ pub struct RespConn {
     pub bytes_in: u64,
     /// Successful connects.
     pub connects: u64,
+    /// Reading stopped at [`MAX_VALUES_PER_EVENT`] with more to read: the
+    /// bridge calls [`RespConn::on_event`] again without waiting for
+    /// readiness (edge-triggered epoll would not report it again).
+    pub more: bool,
+    /// Which of the resolved addresses the next attempt uses.
+    next_addr: usize,
 }
 
 /// Where a [`RespConn`] is in its life.
@@ -125,6 +131,12 @@ const MIN_BACKOFF_MS: u64 = 100;
 const MAX_BACKOFF_MS: u64 = 2000;
 /// A connect plus handshake that takes longer fails, ms.
 const CONNECT_TIMEOUT_MS: u64 = 3000;
+/// Values read per readiness event before others get a turn (a pub/sub
+/// flood must not starve the command replies).
+const MAX_VALUES_PER_EVENT: usize = 8192;
+/// Written bytes at the front of the out buffer kept before it is
+/// compacted (under steady backpressure it would otherwise only grow).
+const COMPACT_AFTER: usize = 256 * 1024;
 
 /// A reader that notes why it stopped (the parser only says "error").
 struct Reader<'a> {
@@ -171,6 +183,8 @@ impl RespConn {
             deadline_ms: 0,
             bytes_in: 0,
             connects: 0,
+            more: false,
+            next_addr: 0,
         }
     }
 
@@ -208,14 +222,18 @@ impl RespConn {
         if self.state != ConnState::Down || now_ms < self.retry_at_ms {
             return Progress::Same;
         }
-        let addr = match (self.target.host.as_str(), self.target.port)
-            .to_socket_addrs()
-            .map(|mut a| a.next())
-        {
-            Ok(Some(a)) => a,
-            Ok(None) => return self.fail(now_ms, "no address for the Redis host".into()),
-            Err(e) => return self.fail(now_ms, format!("cannot resolve the Redis host: {e}")),
-        };
+        let addrs: Vec<std::net::SocketAddr> =
+            match (self.target.host.as_str(), self.target.port).to_socket_addrs() {
+                Ok(a) => a.collect(),
+                Err(e) => return self.fail(now_ms, format!("cannot resolve the Redis host: {e}")),
+            };
+        if addrs.is_empty() {
+            return self.fail(now_ms, "no address for the Redis host".into());
+        }
+        // Each attempt takes the next address (a name with an IPv6 and an
+        // IPv4 address, of which Redis listens on one).
+        let addr = addrs[self.next_addr % addrs.len()];
+        self.next_addr = self.next_addr.wrapping_add(1);
         if self.target.tls {
             return self.fail(
                 now_ms,
@@ -315,7 +333,10 @@ impl RespConn {
             match stream.write(&self.out[self.written..]) {
                 Ok(0) => return self.fail(now_ms, "write returned 0".into()),
                 Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Same,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.compact();
+                    return Progress::Same;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Still connecting: the writable event retries.
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Progress::Same,
@@ -325,6 +346,14 @@ impl RespConn {
         self.out.clear();
         self.written = 0;
         Progress::Same
+    }
+
+    /// Drops the written front of the out buffer once it is large.
+    fn compact(&mut self) {
+        if self.written >= COMPACT_AFTER && self.written * 2 >= self.out.len() {
+            self.out.drain(..self.written);
+            self.written = 0;
+        }
     }
 
     /// Handles readiness: writes what is queued, reads every complete value
@@ -337,7 +366,13 @@ impl RespConn {
             return Progress::Failed(e);
         }
         let mut progress = Progress::Same;
+        self.more = false;
+        let mut taken = 0;
         loop {
+            if taken >= MAX_VALUES_PER_EVENT {
+                self.more = true;
+                return progress;
+            }
             let stream = self.stream.as_mut().expect("checked");
             let mut reader = Reader {
                 stream,
@@ -361,6 +396,7 @@ impl RespConn {
                         }
                         continue;
                     }
+                    taken += 1;
                     values.push(v);
                 }
                 Err(_) if reader.would_block => return progress,

@@ -9,31 +9,39 @@
 //! other; it answers over the bus with [`crate::engine::Event`]s. No Redis
 //! I/O ever runs on a core thread.
 //!
-//! - **Rooms** ([`rooms`]): a publish runs one Lua script that assigns the
-//!   room's next seq under its epoch, appends to the room's stream and
-//!   PUBLISHes the event on the room's channel; the `ack` goes out when the
-//!   script returned. A node subscribes to a room's channel while it has
-//!   members there (and a short while after), so a node without members
-//!   receives none of the room's traffic; it keeps the room's delivered
-//!   position, fills gaps from the stream, and hands each message, framed
-//!   once, to the cores with members.
+//! - **Rooms** ([`rooms`]): a publish runs in one Lua script (all the
+//!   publishes of one bridge iteration together) that assigns the room's
+//!   next seq under its epoch, appends to the room's stream and PUBLISHes
+//!   the event on the room's channel; the `ack` goes out once the script
+//!   returned and, when this node delivers the room, once it delivered that
+//!   seq. A node subscribes to a room's channel while it has members there
+//!   (and a short while after), so a node without members receives none of
+//!   the room's traffic; it keeps the room's delivered position, fills gaps
+//!   from the stream, and hands each message, framed once, to the cores
+//!   with members.
 //! - **Users** ([`users`]): presence over all nodes (connection counts per
 //!   node in the user's hash, a grace per node, offline confirmed by a
 //!   script), direct messages and notifications on the user's channel
 //!   (subscribed while the user has local connections), statuses.
-//! - **Nodes**: a heartbeat registers the node with an expiry; a node whose
-//!   registration expired is reaped by another (its members leave, its
-//!   users go offline). A probe on the pub/sub connection detects one that
-//!   silently stopped delivering.
+//! - **Nodes** ([`nodes`]): a heartbeat registers the node with an expiry;
+//!   a node whose registration expired is reaped by another (its members
+//!   leave, its users go offline). After every (re)connect a node makes
+//!   Redis match what it holds. A probe on the pub/sub connection detects
+//!   one that silently stopped delivering.
 //!
-//! What is stored where is in [`scripts`]. This module must not touch
-//! client sockets or connections; it knows them only as `ConnRef`s.
+//! What is stored where is in [`scripts`], the payload formats in
+//! [`wire`], what rooms and users reach Redis and cores through in [`io`].
+//! This module must not touch client sockets or connections; it knows them
+//! only as `ConnRef`s.
 
 pub mod bridge;
 pub mod conn;
+pub mod io;
+pub mod nodes;
 pub mod rooms;
 pub mod scripts;
 pub mod users;
+pub mod wire;
 
 use crate::engine::Command;
 use crossbeam_channel::Sender;

@@ -3,29 +3,35 @@
 //! subscription, and the position up to which the node has delivered the
 //! room's messages.
 //!
-//! The order of a room is Redis's: the publish script assigns seqs one at
-//! a time and PUBLISHes in that order. This node delivers message `seq`
-//! only after `seq - 1`: a message that arrives early (after a gap: a lost
-//! or re-established subscription) waits in `buffer` while the gap is read
+//! The order of a room is Redis's: the publish script assigns seqs one at a
+//! time and PUBLISHes in that order. This node delivers message `seq` only
+//! after `seq - 1`: a message that arrives early (after a gap: a lost or
+//! re-established subscription) waits in `buffer` while the gap is read
 //! from the room's stream. A join subscribes first, then runs the join
-//! script, which reports the room's seq `T` at that instant (and the
-//! missed messages after `since`). Everything after `T` arrives on the
+//! script, which reports the room's seq `T` at that instant (and the missed
+//! messages after `since`). Everything after `T` arrives on the
 //! subscription; the joiner's `ack` is sent when the node's position
 //! reaches `T` — at once if it is there already (the messages delivered
-//! since the script ran are kept in `recent` while joins are out), or
-//! right after message `T` is delivered — on the same channel to the core
-//! that then carries the room's messages. So the joiner sees exactly the
+//! since the script ran are kept in `recent` while joins are out), or right
+//! after message `T` is delivered — on the same channel to the core that
+//! then carries the room's messages. So the joiner sees exactly the
 //! messages after its `ack`'s seq, from whichever node they were published.
 //!
-//! This module decides; it must not do I/O itself: it calls Redis and
-//! talks to cores through [`Io`].
+//! When the room cannot be continued in order (Redis has a new epoch for
+//! it, or messages this node missed are no longer in the stream), its
+//! local members are closed with 4009 and resume with `since`. Joins that
+//! cannot complete within [`JOIN_TIMEOUT_MS`] are refused (`unavailable`).
+//!
+//! This module decides; it must not do I/O itself: it calls Redis and talks
+//! to cores through [`Io`].
 
-use super::bridge::{Io, Want, as_array, as_bytes, as_int, as_str};
-use crate::engine::{Answer, ConnRef, Event, ReplyTo, replies};
+use super::io::{Io, Want};
+use super::wire::{as_array, as_bytes, as_int, as_str, parse_except, parse_message, stream_entry};
+use crate::engine::{ConnRef, Event, replies};
 use crate::frame::text_frame;
-use crate::proto::ErrorCode;
 use crate::proto::command::{Id, Since};
 use crate::proto::event::{self, Event as Ev};
+use crate::proto::{ErrorCode, Status};
 use bytes::Bytes;
 use redis::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -35,14 +41,20 @@ use tracing::{debug, warn};
 /// A room the node stopped needing stays subscribed this long, ms (a
 /// member who drops and comes back does not cost a resubscribe).
 pub const LINGER_MS: u64 = 5000;
-/// A join waiting for messages the subscription should bring fills them
-/// from the stream after this long, ms.
+/// A join or ack waiting for messages the subscription should bring reads
+/// them from the stream after this long, ms.
 const PARKED_FILL_MS: u64 = 500;
+/// A join not done after this long is refused (`unavailable`), ms.
+pub const JOIN_TIMEOUT_MS: u64 = 5000;
 /// Most messages held for a room while its gap is filled; beyond it the
-/// room is resynchronised (its members recover with `since`).
+/// room is not continued (its members recover with `since`).
 const MAX_BUFFER: usize = 100_000;
+/// Most messages kept for the replays of joins in flight.
+const MAX_RECENT: usize = 100_000;
 /// Typing not refreshed for this long ends (PROTOCOL: 6 s).
 pub const TYPING_TTL_MS: u64 = 6000;
+
+const UNAVAILABLE: &str = "the cluster engine (Redis) is unreachable; retry later";
 
 /// A local member of a room: user and display name.
 pub type Member = (Arc<str>, Option<Arc<str>>);
@@ -64,17 +76,21 @@ pub struct JoinReq {
     pub since: Option<Since>,
     /// Already a member.
     pub rejoin: bool,
+    /// The user's status (kept in the room for `members`).
+    pub status: Status,
+    /// When the join arrived (monotonic ms), for its deadline.
+    pub at_ms: u64,
 }
 
-/// A join answered by Redis, waiting for the node's position to reach
-/// the seq the script saw.
+/// A join answered by Redis, waiting for the node's position to reach the
+/// seq the script saw.
 #[derive(Debug)]
 struct Parked {
     req: JoinReq,
     target: u64,
     members: u64,
     recovered: Option<bool>,
-    replay: Vec<(u64, Bytes)>,
+    replay: Vec<Bytes>,
     since_ms: u64,
 }
 
@@ -100,12 +116,25 @@ enum Pos {
     Stale { epoch: Arc<str>, last: u64 },
 }
 
+impl Pos {
+    /// The epoch and position to tell Redis (`""` when unknown), so a Redis
+    /// that is behind it renews the epoch.
+    fn seen(&self) -> (String, String) {
+        match self {
+            Pos::Known { epoch, last } | Pos::Stale { epoch, last } => {
+                (epoch.to_string(), last.to_string())
+            }
+            Pos::Unknown => (String::new(), String::new()),
+        }
+    }
+}
+
 /// One room on this node.
 #[derive(Debug)]
 struct NodeRoom {
     /// Member connections per core, counted when their `ack` goes out.
     cores: Vec<u32>,
-    /// Local member connections per user (counted when the join is sent)
+    /// Local member connections per user (counted when the join arrives)
     /// and the user's name.
     users: HashMap<Arc<str>, (u32, Option<Arc<str>>)>,
     sub: Sub,
@@ -118,9 +147,11 @@ struct NodeRoom {
     filling: bool,
     /// Joins waiting for the subscription.
     waiting: Vec<JoinReq>,
-    /// Join scripts sent and not answered.
-    in_flight: u32,
-    /// Messages delivered while joins are out (their replay may need them).
+    /// The node's position when each join script in flight was sent (in
+    /// send order, which is reply order).
+    sent: VecDeque<u64>,
+    /// Messages delivered while joins are out, after the lowest position
+    /// any of them may need (their replays may need them).
     recent: VecDeque<(u64, Bytes)>,
     /// Answered joins waiting for the position to reach their target.
     parked: VecDeque<Parked>,
@@ -144,7 +175,7 @@ impl NodeRoom {
             buffer: BTreeMap::new(),
             filling: false,
             waiting: Vec::new(),
-            in_flight: 0,
+            sent: VecDeque::new(),
             recent: VecDeque::new(),
             parked: VecDeque::new(),
             acks: VecDeque::new(),
@@ -157,7 +188,7 @@ impl NodeRoom {
         !self.users.is_empty()
             || !self.acks.is_empty()
             || !self.waiting.is_empty()
-            || self.in_flight > 0
+            || !self.sent.is_empty()
             || !self.parked.is_empty()
             || self.cores.iter().any(|&n| n > 0)
     }
@@ -168,6 +199,27 @@ impl NodeRoom {
             .enumerate()
             .filter(|&(_, &n)| n > 0)
             .map(|(c, _)| c)
+    }
+
+    /// Drops the kept messages no join in flight or parked can need.
+    fn trim_recent(&mut self) {
+        let floor = self
+            .sent
+            .iter()
+            .copied()
+            .chain(self.parked.iter().map(|p| p.target))
+            .min();
+        match floor {
+            None => self.recent.clear(),
+            Some(f) => {
+                while self.recent.front().is_some_and(|(s, _)| *s <= f) {
+                    self.recent.pop_front();
+                }
+            }
+        }
+        while self.recent.len() > MAX_RECENT {
+            self.recent.pop_front();
+        }
     }
 }
 
@@ -202,6 +254,10 @@ impl NodeRooms {
         self.rooms
             .entry(room.clone())
             .or_insert_with(|| NodeRoom::new(cores))
+    }
+
+    fn name(&self, room: &str) -> Option<Arc<str>> {
+        self.rooms.get_key_value(room).map(|(k, _)| k.clone())
     }
 
     // ---- joining --------------------------------------------------------
@@ -241,12 +297,11 @@ impl NodeRooms {
 
     fn send_join(&mut self, io: &mut Io<'_>, room: Arc<str>, req: JoinReq) {
         let r = self.room(&room);
-        // Registered in Redis by the user's first local connection only.
-        let register = !req.rejoin && r.users.get(&req.user).is_some_and(|u| u.0 == 1);
         let (since_epoch, since_seq) = match &req.since {
             Some(s) => (s.epoch.as_str().to_string(), s.seq.to_string()),
             None => (String::new(), String::new()),
         };
+        let (seen_epoch, seen_last) = r.pos.seen();
         let k = io.keys;
         let mut cmd = io.script(
             &io.scripts.join,
@@ -255,42 +310,52 @@ impl NodeRooms {
                 &k.room(&room, "h"),
                 &k.room(&room, "u"),
                 &k.room(&room, "nm"),
+                &k.room(&room, "st"),
                 &k.room_node(&room, k.node()),
             ],
         );
+        // Every join registers (the script's HSETNX makes a repeat
+        // harmless), so no ordering of joins can leave a member out.
         cmd.arg(k.room_channel(&room))
             .arg(io.new_epoch())
             .arg(&*room)
             .arg(&*req.user)
             .arg(req.name.as_deref().unwrap_or(""))
-            .arg(if register { "1" } else { "0" })
+            .arg(if req.rejoin { "0" } else { "1" })
             .arg(since_epoch)
             .arg(since_seq)
             .arg(io.cfg.ttl_ms)
-            .arg(io.cfg.idle_ms);
-        r.in_flight += 1;
+            .arg(io.cfg.idle_ms)
+            .arg(req.status.as_str())
+            .arg(seen_epoch)
+            .arg(seen_last);
+        let at = match r.pos {
+            Pos::Known { last, .. } => last,
+            _ => 0,
+        };
+        r.sent.push_back(at);
         io.call(&cmd, Want::Join { room, req });
     }
 
     /// The subscription to a room's channel is confirmed.
     pub fn on_subscribed(&mut self, io: &mut Io<'_>, room: &str) {
-        let Some(r) = self.rooms.get_mut(room) else {
+        let Some(name) = self.name(room) else {
             return;
         };
+        let r = self.room(&name);
         if r.sub == Sub::Active {
             return;
         }
         r.sub = Sub::Active;
-        let room: Arc<str> = self.rooms.get_key_value(room).expect("held").0.clone();
-        let waiting = std::mem::take(&mut self.room(&room).waiting);
+        let waiting = std::mem::take(&mut r.waiting);
         let joins = !waiting.is_empty();
         for req in waiting {
-            self.send_join(io, room.clone(), req);
+            self.send_join(io, name.clone(), req);
         }
-        let r = self.room(&room);
+        let r = self.room(&name);
         if !joins && r.pos != Pos::Unknown {
             // A resubscription after a lost connection: where is the room?
-            fetch_position(io, &room, r);
+            fetch_position(io, &name, r);
         }
     }
 
@@ -299,7 +364,7 @@ impl NodeRooms {
         let Some(r) = self.rooms.get_mut(&room) else {
             return refuse_join(io, room, req, ErrorCode::Internal, "room state lost");
         };
-        r.in_flight = r.in_flight.saturating_sub(1);
+        r.sent.pop_front();
         let parsed = as_array(&v).and_then(|a| {
             let epoch: Arc<str> = as_str(a.first()?)?.into();
             let seq = as_int(a.get(1)?)? as u64;
@@ -308,10 +373,9 @@ impl NodeRooms {
                 -1 => None,
                 n => Some(n == 1),
             };
-            let mut replay = Vec::new();
-            for (i, j) in a[4..].iter().enumerate() {
-                let seq_i = req.since.as_ref().map_or(0, |s| s.seq) + 1 + i as u64;
-                replay.push((seq_i, text_frame(as_bytes(j)?)));
+            let mut replay = Vec::with_capacity(a.len().saturating_sub(4));
+            for j in &a[4..] {
+                replay.push(text_frame(as_bytes(j)?));
             }
             Some((epoch, seq, members, recovered, replay))
         });
@@ -326,12 +390,6 @@ impl NodeRooms {
                 "cluster engine error",
             );
         };
-        let r = self.room(&room);
-        if let Pos::Stale { epoch: e, last } = r.pos.clone() {
-            // The subscription was lost: deliver what the node missed
-            // first, from the stream.
-            r.pos = Pos::Known { epoch: e, last };
-        }
         let parked = Parked {
             req,
             target,
@@ -340,6 +398,18 @@ impl NodeRooms {
             replay,
             since_ms: io.now_ms,
         };
+        let r = self.room(&room);
+        if let Pos::Stale { epoch: e, last } = r.pos.clone() {
+            // The subscription was lost: what the node missed until the
+            // script's seq is read from the stream first.
+            r.pos = Pos::Known {
+                epoch: e.clone(),
+                last,
+            };
+            if e == epoch && last < target {
+                request_fill(io, &room, r, last + 1, target);
+            }
+        }
         match r.pos.clone() {
             Pos::Unknown => {
                 r.pos = Pos::Known {
@@ -354,12 +424,7 @@ impl NodeRooms {
                     self.ack(io, &room, parked, epoch);
                 } else {
                     r.parked.push_back(parked);
-                    if r.buffer
-                        .first_key_value()
-                        .is_some_and(|(&s, _)| s > last + 1)
-                    {
-                        self.drain(io, &room);
-                    }
+                    self.drain(io, &room);
                 }
             }
             Pos::Known { .. } => {
@@ -370,7 +435,7 @@ impl NodeRooms {
             }
             Pos::Stale { .. } => unreachable!("made Known above"),
         }
-        self.release_recent(&room);
+        self.room(&room).trim_recent();
     }
 
     /// Sends the `ack` of a join whose target the node has reached.
@@ -382,14 +447,22 @@ impl NodeRooms {
         let since = p.req.since.as_ref().map_or(0, |s| s.seq);
         let mut replay: Vec<Bytes> = Vec::new();
         if p.recovered == Some(true) {
-            replay.extend(p.replay.into_iter().map(|(_, f)| f));
-            // Delivered to the room after the script ran, before this ack.
-            replay.extend(
-                r.recent
-                    .iter()
-                    .filter(|(s, _)| *s > p.target.max(since) && *s <= last)
-                    .map(|(_, f)| f.clone()),
-            );
+            replay.extend(p.replay);
+            // Delivered after the script ran, before this ack: the kept
+            // messages must cover them all, else the join tries again.
+            let from = p.target.max(since);
+            let kept: Vec<&(u64, Bytes)> = r
+                .recent
+                .iter()
+                .filter(|(s, _)| *s > from && *s <= last)
+                .collect();
+            if kept.len() as u64 != last - from.min(last) {
+                debug!(room = %room, "join replay not covered; refused for a retry");
+                let req = p.req;
+                self.undo_join(io, room, &req);
+                return refuse_join(io, room.clone(), req, ErrorCode::Unavailable, "busy; retry");
+            }
+            replay.extend(kept.into_iter().map(|(_, f)| f.clone()));
         }
         let mut ack = Ev::new("ack")
             .id(p.req.id.as_ref())
@@ -415,7 +488,8 @@ impl NodeRooms {
         io.event(p.req.core, ev);
     }
 
-    /// A join that failed after being counted: undo the local count.
+    /// A join that will not complete: the local count is undone, and the
+    /// user's registration in Redis removed when it was its last here.
     fn undo_join(&mut self, io: &mut Io<'_>, room: &Arc<str>, req: &JoinReq) {
         if req.rejoin {
             return;
@@ -423,11 +497,16 @@ impl NodeRooms {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        if let Some(u) = r.users.get_mut(&req.user) {
-            u.0 = u.0.saturating_sub(1);
-            if u.0 == 0 {
-                r.users.remove(&req.user);
+        let gone = match r.users.get_mut(&req.user) {
+            Some(u) => {
+                u.0 = u.0.saturating_sub(1);
+                u.0 == 0
             }
+            None => false,
+        };
+        if gone {
+            r.users.remove(&req.user);
+            send_leave(io, room, &req.user);
         }
         self.maybe_idle(io, room);
     }
@@ -435,58 +514,47 @@ impl NodeRooms {
     /// Fails a join whose script never answered (the connection dropped).
     pub fn join_failed(&mut self, io: &mut Io<'_>, room: Arc<str>, req: JoinReq) {
         if let Some(r) = self.rooms.get_mut(&room) {
-            r.in_flight = r.in_flight.saturating_sub(1);
+            r.sent.pop_front();
+            r.trim_recent();
         }
         self.undo_join(io, &room, &req);
-        self.release_recent(&room);
         refuse_join(io, room, req, ErrorCode::Unavailable, UNAVAILABLE);
-    }
-
-    fn release_recent(&mut self, room: &str) {
-        if let Some(r) = self.rooms.get_mut(room)
-            && r.in_flight == 0
-            && r.parked.is_empty()
-        {
-            r.recent.clear();
-        }
     }
 
     // ---- messages -------------------------------------------------------
 
-    /// A room event from the subscription (`payload` without its kind
-    /// byte's meaning resolved yet).
+    /// A room event from the subscription.
     pub fn on_payload(&mut self, io: &mut Io<'_>, room: &str, payload: &[u8]) {
-        let Some(r) = self.rooms.get(room) else {
+        let Some(name) = self.name(room) else {
             return; // a late message after unsubscribing
         };
-        let room: Arc<str> = self.rooms.get_key_value(room).expect("held").0.clone();
         match payload.first() {
             Some(b'm') => {
                 let Some((seq, epoch, json)) = parse_message(&payload[1..]) else {
-                    return warn!(room = %room, "unreadable message payload");
+                    return warn!(room = %name, "unreadable message payload");
                 };
-                let _ = r;
-                self.on_message(io, &room, seq, epoch.into(), text_frame(json));
+                self.on_message(io, &name, seq, epoch.into(), text_frame(json));
             }
             Some(b'e') => {
                 let frame = text_frame(&payload[1..]);
-                deliver_all(io, &room, r, frame, 0);
+                deliver_all(io, &name, self.room(&name), frame, 0);
             }
             Some(b'x') => {
                 let Some((user, json)) = parse_except(&payload[1..]) else {
                     return;
                 };
                 let frame = text_frame(json);
-                for c in r.interested() {
+                let except: Arc<str> = user.into();
+                for c in self.room(&name).interested() {
                     let ev = Event::DeliverExcept {
-                        room: room.clone(),
-                        except: user.into(),
+                        room: name.clone(),
+                        except: except.clone(),
                         frame: frame.clone(),
                     };
                     io.event(c, ev);
                 }
             }
-            _ => debug!(room = %room, "unknown room payload"),
+            _ => debug!(room = %name, "unknown room payload"),
         }
     }
 
@@ -510,6 +578,11 @@ impl NodeRooms {
                     return self.after_delivery(io, room);
                 }
                 r.buffer.insert(seq, (epoch, frame));
+                if r.buffer.len() > MAX_BUFFER {
+                    // The gap is not closing: continue from what is held.
+                    warn!(room = %room, "gap not filled in time; members resume with since");
+                    self.skip_to_buffer(io, room);
+                }
                 self.drain(io, room);
             }
             Pos::Known { .. } => {
@@ -521,7 +594,7 @@ impl NodeRooms {
             Pos::Unknown | Pos::Stale { .. } => {
                 r.buffer.insert(seq, (epoch, frame));
                 if r.buffer.len() > MAX_BUFFER {
-                    r.buffer.clear();
+                    r.buffer.pop_first();
                 }
             }
         }
@@ -533,7 +606,7 @@ impl NodeRooms {
         if let Pos::Known { last, .. } = &mut r.pos {
             *last = seq;
         }
-        if r.in_flight > 0 || !r.parked.is_empty() {
+        if !r.sent.is_empty() || !r.parked.is_empty() {
             r.recent.push_back((seq, frame.clone()));
         }
         let at_us = io.now_us.max(1);
@@ -568,9 +641,7 @@ impl NodeRooms {
 
     /// Sends the joins whose target the position reached, and the acks.
     fn after_delivery(&mut self, io: &mut Io<'_>, room: &Arc<str>) {
-        if let Some(r) = self.rooms.get_mut(room) {
-            Self::release_acks(io, r, false);
-        }
+        Self::release_acks(io, self.room(room), false);
         loop {
             let r = self.room(room);
             let Pos::Known { epoch, last } = r.pos.clone() else {
@@ -582,7 +653,7 @@ impl NodeRooms {
             let p = r.parked.pop_front().expect("checked");
             self.ack(io, room, p, epoch);
         }
-        self.release_recent(room);
+        self.room(room).trim_recent();
     }
 
     /// Delivers what the buffer holds in order; asks the stream for a gap.
@@ -600,15 +671,7 @@ impl NodeRooms {
                 continue;
             }
             if seq > last + 1 {
-                if !r.filling && io.cmd_ready() {
-                    r.filling = true;
-                    let cmd = redis::cmd("XRANGE")
-                        .arg(io.keys.room(room, "h"))
-                        .arg(format!("{}-0", last + 1))
-                        .arg(format!("{}-0", seq - 1))
-                        .to_owned();
-                    io.call(&cmd, Want::Fill { room: room.clone() });
-                }
+                request_fill(io, room, r, last + 1, seq - 1);
                 break;
             }
             let (_, (e, frame)) = r.buffer.pop_first().expect("checked");
@@ -616,13 +679,12 @@ impl NodeRooms {
                 continue;
             }
             self.deliver(io, room, seq, frame);
-            self.after_delivery(io, room);
         }
         self.after_delivery(io, room);
     }
 
-    /// A gap's messages from the stream (`XRANGE` entries).
-    pub fn on_fill(&mut self, io: &mut Io<'_>, room: Arc<str>, v: Value) {
+    /// The messages `from..=to` of a gap, from the stream (`XRANGE`).
+    pub fn on_fill(&mut self, io: &mut Io<'_>, room: Arc<str>, from: u64, to: u64, v: Value) {
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
@@ -630,12 +692,20 @@ impl NodeRooms {
         let Pos::Known { epoch, last } = r.pos.clone() else {
             return;
         };
-        let entries = as_array(&v).map(|a| a.to_vec()).unwrap_or_default();
         let mut got_next = false;
-        for e in &entries {
+        for e in as_array(&v).unwrap_or(&[]) {
             let Some((seq, json)) = stream_entry(e) else {
                 continue;
             };
+            if let Some(other) = epoch_in(json).filter(|e| **e != *epoch) {
+                // The stream holds another epoch already: Redis renewed the
+                // room meanwhile.
+                let other: Arc<str> = other.into();
+                let frame = text_frame(json);
+                self.reset_epoch(io, &room, other.clone(), seq - 1);
+                self.room(&room).buffer.insert(seq, (other, frame));
+                return self.drain(io, &room);
+            }
             if seq == last + 1 {
                 got_next = true;
             }
@@ -643,19 +713,32 @@ impl NodeRooms {
                 r.buffer.insert(seq, (epoch.clone(), text_frame(json)));
             }
         }
-        let gap_start = r.buffer.first_key_value().map(|(&s, _)| s);
-        if !got_next && gap_start.is_some_and(|s| s > last + 1) {
-            // The stream no longer has what this node missed (trimmed, or
-            // a long disconnection): the members cannot be served in order
-            // without a gap, so they are asked to recover with `since`.
-            let first = gap_start.expect("checked");
-            warn!(room = %room, from = last + 1, to = first - 1, "messages lost to this node; members resume with since");
+        if from == last + 1 && !got_next {
+            // The stream no longer has what this node missed (trimmed,
+            // expired, or a long disconnection): the members cannot be
+            // served in order without a gap, so they recover with `since`.
+            warn!(room = %room, from, to, "messages lost to this node; members resume with since");
+            let resume_at = r
+                .buffer
+                .first_key_value()
+                .map_or(to, |(&s, _)| (s - 1).min(to));
             self.evict(io, &room);
             if let Pos::Known { last, .. } = &mut self.room(&room).pos {
-                *last = first - 1;
+                *last = (*last).max(resume_at);
             }
         }
         self.drain(io, &room);
+    }
+
+    /// The gap before the buffer will not be filled: the members are asked
+    /// to recover, and delivery continues from the first message held.
+    fn skip_to_buffer(&mut self, io: &mut Io<'_>, room: &Arc<str>) {
+        self.evict(io, room);
+        let r = self.room(room);
+        let first = r.buffer.first_key_value().map(|(&s, _)| s);
+        if let (Some(first), Pos::Known { last, .. }) = (first, &mut r.pos) {
+            *last = (*last).max(first - 1);
+        }
     }
 
     /// Redis knows the room under a new epoch (its history was lost): the
@@ -667,26 +750,21 @@ impl NodeRooms {
         let r = self.room(room);
         r.pos = Pos::Known { epoch, last };
         r.recent.clear();
-        // Parked joins were answered under the old epoch: they retry.
-        let parked: Vec<Parked> = r.parked.drain(..).collect();
-        for p in parked {
-            self.undo_join(io, room, &p.req);
-            refuse_join(
-                io,
-                room.clone(),
-                p.req,
-                ErrorCode::Unavailable,
-                "room history changed; retry",
-            );
-        }
     }
 
-    /// Closes this node's members of `room` with 4009 (resume with since).
+    /// Closes this node's members of `room` with 4009 (resume with since)
+    /// and refuses the joins waiting for a position that no longer holds.
     fn evict(&mut self, io: &mut Io<'_>, room: &Arc<str>) {
         let r = self.room(room);
         Self::release_acks(io, r, true);
         for c in r.interested() {
             io.event(c, Event::Evict { room: room.clone() });
+        }
+        let parked: Vec<Parked> = r.parked.drain(..).collect();
+        for p in parked {
+            self.undo_join(io, room, &p.req);
+            let msg = "room history changed; retry";
+            refuse_join(io, room.clone(), p.req, ErrorCode::Unavailable, msg);
         }
     }
 
@@ -697,27 +775,20 @@ impl NodeRooms {
         };
         r.fetching = false;
         let Some((epoch, seq)) = as_array(&v).and_then(|a| {
-            Some((
-                Arc::<str>::from(as_str(a.first()?)?),
-                as_int(a.get(1)?)? as u64,
-            ))
+            let e: Arc<str> = as_str(a.first()?)?.into();
+            Some((e, as_int(a.get(1)?)? as u64))
         }) else {
+            // Retried from the tick.
             return warn!(room = %room, reply = ?v, "position script failed");
         };
         match r.pos.clone() {
             Pos::Stale { epoch: e, last } | Pos::Known { epoch: e, last } if e == epoch => {
                 r.pos = Pos::Known { epoch, last };
-                if seq > last && r.buffer.first_key_value().is_none_or(|(&s, _)| s > seq) {
-                    // Missed while unsubscribed: read them from the stream
-                    // (the buffer's first message marks the gap's end).
-                    let cmd = redis::cmd("XRANGE")
-                        .arg(io.keys.room(&room, "h"))
-                        .arg(format!("{}-0", last + 1))
-                        .arg(format!("{seq}-0"))
-                        .to_owned();
-                    r.filling = true;
-                    io.call(&cmd, Want::Fill { room: room.clone() });
-                    return;
+                if seq > last {
+                    // Published while this node was not subscribed: read
+                    // them from the stream (duplicates of what the new
+                    // subscription brings are dropped by seq).
+                    request_fill(io, &room, r, last + 1, seq);
                 }
                 self.drain(io, &room);
             }
@@ -733,7 +804,7 @@ impl NodeRooms {
     }
 
     /// A position or gap read that was never answered (Redis went away):
-    /// it is asked again once the command connection is back.
+    /// asked again once the command connection is back, or by the tick.
     pub fn retry_later(&mut self, room: &str) {
         if let Some(r) = self.rooms.get_mut(room) {
             r.fetching = false;
@@ -741,20 +812,23 @@ impl NodeRooms {
         }
     }
 
-    /// The command connection is back: rooms whose position or gap read
-    /// was lost ask again.
+    /// Rooms whose position or gap read was lost ask again.
     pub fn on_cmd_back(&mut self, io: &mut Io<'_>) {
         let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         for name in names {
-            let r = self.room(&name);
-            if r.sub != Sub::Active {
-                continue;
-            }
-            match r.pos {
-                Pos::Stale { .. } => fetch_position(io, &name, r),
-                Pos::Known { .. } if !r.buffer.is_empty() => self.drain(io, &name),
-                _ => {}
-            }
+            self.resume(io, &name);
+        }
+    }
+
+    fn resume(&mut self, io: &mut Io<'_>, name: &Arc<str>) {
+        let r = self.room(name);
+        if r.sub != Sub::Active {
+            return;
+        }
+        match r.pos {
+            Pos::Stale { .. } => fetch_position(io, name, r),
+            Pos::Known { .. } if !r.buffer.is_empty() && !r.filling => self.drain(io, name),
+            _ => {}
         }
     }
 
@@ -777,23 +851,7 @@ impl NodeRooms {
         if r.typing.remove(&user).is_some() {
             publish_typing(io, &room, &user, false);
         }
-        if io.cmd_ready() {
-            let k = io.keys;
-            let mut cmd = io.script(
-                &io.scripts.leave,
-                &[
-                    &k.room(&room, "m"),
-                    &k.room(&room, "u"),
-                    &k.room(&room, "nm"),
-                    &k.room_node(&room, k.node()),
-                ],
-            );
-            cmd.arg(k.room_channel(&room))
-                .arg(&*room)
-                .arg(&*user)
-                .arg(io.cfg.idle_ms);
-            io.call(&cmd, Want::Ignore("leave"));
-        }
+        send_leave(io, &room, &user);
         self.maybe_idle(io, &room);
     }
 
@@ -806,30 +864,50 @@ impl NodeRooms {
             return;
         }
         r.idle_since = io.now_ms.max(1);
-        if io.cmd_ready() {
-            let set = io.keys.node_set(io.keys.node(), "rooms");
-            io.call(
-                redis::cmd("SREM").arg(set).arg(&**room),
-                Want::Ignore("SREM"),
-            );
-        }
+        let set = io.keys.node_set(io.keys.node(), "rooms");
+        io.call(
+            redis::cmd("SREM").arg(set).arg(&**room),
+            Want::Ignore("SREM"),
+        );
     }
 
-    /// Once in a while: unsubscribes rooms idle for [`LINGER_MS`], fills
-    /// for joins waiting too long, ends local typing that expired.
+    /// Four times a second: unsubscribes rooms idle for [`LINGER_MS`],
+    /// reads from the stream for joins and acks waiting too long, refuses
+    /// joins past their deadline, retries lost position reads, ends local
+    /// typing that expired.
     pub fn tick(&mut self, io: &mut Io<'_>) {
         let now = io.now_ms;
-        let mut drop = Vec::new();
-        let mut fill = Vec::new();
-        let mut typing_ended = Vec::new();
-        for (name, r) in self.rooms.iter_mut() {
+        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for name in names {
+            let r = self.room(&name);
             if r.idle_since != 0 && !r.needed() && now.saturating_sub(r.idle_since) >= LINGER_MS {
-                drop.push(name.clone());
+                self.rooms.remove(&name);
+                io.unsubscribe(io.keys.room_channel(&name));
                 continue;
             }
+            // Joins past their deadline (a subscription that never comes,
+            // messages that never arrive).
+            let late = |at: u64| now.saturating_sub(at) >= JOIN_TIMEOUT_MS;
+            let waiting: Vec<JoinReq> = if r.waiting.iter().any(|j| late(j.at_ms)) {
+                let (late_ones, keep) = r.waiting.drain(..).partition(|j| late(j.at_ms));
+                r.waiting = keep;
+                late_ones
+            } else {
+                Vec::new()
+            };
+            let mut parked = Vec::new();
+            while r.parked.front().is_some_and(|p| late(p.req.at_ms)) {
+                parked.push(r.parked.pop_front().expect("checked"));
+            }
+            for req in waiting.into_iter().chain(parked.into_iter().map(|p| p.req)) {
+                self.undo_join(io, &name, &req);
+                refuse_join(io, name.clone(), req, ErrorCode::Unavailable, UNAVAILABLE);
+            }
+            let r = self.room(&name);
+            r.trim_recent();
             // Joins or acks waiting for messages the subscription should
             // have brought: read them from the stream.
-            let waiting = r
+            let waiting_for = r
                 .parked
                 .front()
                 .map(|p| (p.since_ms, p.target))
@@ -838,36 +916,24 @@ impl NodeRooms {
                 .filter(|(since, _)| now.saturating_sub(*since) >= PARKED_FILL_MS)
                 .map(|(_, target)| target)
                 .max();
-            if !r.filling
-                && let (Some(target), Pos::Known { last, .. }) = (waiting, &r.pos)
+            if let (Some(target), Pos::Known { last, .. }) = (waiting_for, r.pos.clone())
+                && target > last
             {
-                fill.push((name.clone(), *last, target));
+                request_fill(io, &name, r, last + 1, target);
             }
+            self.resume(io, &name);
+            let r = self.room(&name);
+            let mut ended = Vec::new();
             r.typing.retain(|user, until| {
                 let keep = *until > now;
                 if !keep {
-                    typing_ended.push((name.clone(), user.clone()));
+                    ended.push(user.clone());
                 }
                 keep
             });
-        }
-        for room in drop {
-            self.rooms.remove(&room);
-            io.unsubscribe(io.keys.room_channel(&room));
-        }
-        for (room, last, target) in fill {
-            if target > last && io.cmd_ready() {
-                self.room(&room).filling = true;
-                let cmd = redis::cmd("XRANGE")
-                    .arg(io.keys.room(&room, "h"))
-                    .arg(format!("{}-0", last + 1))
-                    .arg(format!("{target}-0"))
-                    .to_owned();
-                io.call(&cmd, Want::Fill { room });
+            for user in ended {
+                publish_typing(io, &name, &user, false);
             }
-        }
-        for (room, user) in typing_ended {
-            publish_typing(io, &room, &user, false);
         }
     }
 
@@ -927,7 +993,7 @@ impl NodeRooms {
     }
 
     /// This node's members per room, for reconciling Redis after a
-    /// (re)connect: (room, [(user, name)]).
+    /// (re)connect.
     pub fn members(&self) -> Vec<(Arc<str>, Vec<Member>)> {
         self.rooms
             .iter()
@@ -943,7 +1009,7 @@ impl NodeRooms {
             .collect()
     }
 
-    /// The local rooms a user is in (for the user's presence).
+    /// Whether `user` has a member connection of `room` on this node.
     pub fn has_member(&self, room: &str, user: &str) -> bool {
         self.rooms
             .get(room)
@@ -959,8 +1025,6 @@ impl NodeRooms {
     }
 }
 
-const UNAVAILABLE: &str = "the cluster engine (Redis) is unreachable; retry later";
-
 /// Sends `frame` to every core with members of the room.
 fn deliver_all(io: &mut Io<'_>, room: &Arc<str>, r: &NodeRoom, frame: Bytes, at_us: u64) {
     for c in r.interested() {
@@ -973,17 +1037,54 @@ fn deliver_all(io: &mut Io<'_>, room: &Arc<str>, r: &NodeRoom, frame: Bytes, at_
     }
 }
 
+/// Reads `from..=to` of the room's stream, unless a read is out already.
+fn request_fill(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom, from: u64, to: u64) {
+    if r.filling || from > to || !io.cmd_ready() {
+        return;
+    }
+    r.filling = true;
+    let cmd = redis::cmd("XRANGE")
+        .arg(io.keys.room(room, "h"))
+        .arg(format!("{from}-0"))
+        .arg(format!("{to}-0"))
+        .to_owned();
+    let room = room.clone();
+    io.call(&cmd, Want::Fill { room, from, to });
+}
+
 fn fetch_position(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom) {
     if r.fetching || !io.cmd_ready() {
         return;
     }
     r.fetching = true;
+    let (seen_epoch, seen_last) = r.pos.seen();
     let mut cmd = io.script(
         &io.scripts.position,
         &[&io.keys.room(room, "m"), &io.keys.room(room, "h")],
     );
-    cmd.arg(io.new_epoch());
+    cmd.arg(io.new_epoch()).arg(seen_epoch).arg(seen_last);
     io.call(&cmd, Want::Position { room: room.clone() });
+}
+
+/// Removes this node's registration of `user` in `room` (`left` when it
+/// was the user's last node).
+fn send_leave(io: &mut Io<'_>, room: &str, user: &str) {
+    let k = io.keys;
+    let mut cmd = io.script(
+        &io.scripts.leave,
+        &[
+            &k.room(room, "m"),
+            &k.room(room, "u"),
+            &k.room(room, "nm"),
+            &k.room(room, "st"),
+            &k.room_node(room, k.node()),
+        ],
+    );
+    cmd.arg(k.room_channel(room))
+        .arg(room)
+        .arg(user)
+        .arg(io.cfg.idle_ms);
+    io.call(&cmd, Want::Ignore("leave"));
 }
 
 /// Answers a join that will not happen: the error, framed, as a refused
@@ -1004,13 +1105,7 @@ fn refuse_join(io: &mut Io<'_>, room: Arc<str>, req: JoinReq, code: ErrorCode, m
 
 fn publish_typing(io: &mut Io<'_>, room: &str, user: &str, typing: bool) {
     let frame = replies::typing_frame(room, user, typing);
-    let json = crate::frame::payload(&frame);
-    let mut payload = Vec::with_capacity(json.len() + user.len() + 8);
-    payload.push(b'x');
-    payload.extend_from_slice(itoa::Buffer::new().format(user.len()).as_bytes());
-    payload.push(b',');
-    payload.extend_from_slice(user.as_bytes());
-    payload.extend_from_slice(json);
+    let payload = super::wire::except_payload(user, crate::frame::payload(&frame));
     let cmd = redis::cmd("PUBLISH")
         .arg(io.keys.room_channel(room))
         .arg(payload)
@@ -1018,130 +1113,12 @@ fn publish_typing(io: &mut Io<'_>, room: &str, user: &str, typing: bool) {
     io.call(&cmd, Want::Ignore("typing"));
 }
 
-/// `<seq>,<epoch>,<json>` of a message payload.
-fn parse_message(p: &[u8]) -> Option<(u64, &str, &[u8])> {
-    let c1 = memchr::memchr(b',', p)?;
-    let seq = std::str::from_utf8(&p[..c1]).ok()?.parse().ok()?;
-    let rest = &p[c1 + 1..];
-    let c2 = memchr::memchr(b',', rest)?;
-    let epoch = std::str::from_utf8(&rest[..c2]).ok()?;
-    Some((seq, epoch, &rest[c2 + 1..]))
-}
-
-/// `<len>,<user><json>` of a room event for everyone but one user.
-fn parse_except(p: &[u8]) -> Option<(&str, &[u8])> {
-    let c = memchr::memchr(b',', p)?;
-    let len: usize = std::str::from_utf8(&p[..c]).ok()?.parse().ok()?;
-    let rest = &p[c + 1..];
-    let user = std::str::from_utf8(rest.get(..len)?).ok()?;
-    Some((user, &rest[len..]))
-}
-
-/// `[id, [d, json, t, ts]]` of a stream entry → (seq, json).
-pub fn stream_entry(v: &Value) -> Option<(u64, &[u8])> {
-    let a = as_array(v)?;
-    let id = as_str(a.first()?)?;
-    let seq = id.split('-').next()?.parse().ok()?;
-    let fields = as_array(a.get(1)?)?;
-    let mut i = 0;
-    while i + 1 < fields.len() {
-        if as_bytes(&fields[i]) == Some(b"d") {
-            return Some((seq, as_bytes(&fields[i + 1])?));
-        }
-        i += 2;
-    }
-    None
-}
-
-/// The `t` (ts) field of a stream entry.
-pub fn stream_ts(v: &Value) -> Option<u64> {
-    let a = as_array(v)?;
-    let fields = as_array(a.get(1)?)?;
-    let mut i = 0;
-    while i + 1 < fields.len() {
-        if as_bytes(&fields[i]) == Some(b"t") {
-            return as_str(&fields[i + 1])?.parse().ok();
-        }
-        i += 2;
-    }
-    None
-}
-
-/// A `history` reply from `XREVRANGE` entries (newest first), keeping
-/// those younger than `cutoff_ms`.
-pub fn history_reply(room: &str, reply: &ReplyTo, v: &Value, cutoff_ms: u64) -> String {
-    let mut out = String::with_capacity(256);
-    replies::history_head(&mut out, reply.id.as_ref(), room);
-    let entries = as_array(v).map(|a| a.to_vec()).unwrap_or_default();
-    let mut first = true;
-    for e in entries.iter().rev() {
-        if stream_ts(e).is_some_and(|ts| ts < cutoff_ms) {
-            continue;
-        }
-        let Some((_, json)) = stream_entry(e) else {
-            continue;
-        };
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push_str(std::str::from_utf8(json).unwrap_or("null"));
-    }
-    out.push_str("]}");
-    out
-}
-
-/// The room description from `ROOM_INFO` and the members' statuses:
-/// `members` or the `/api/rooms` body.
-pub fn members_answer(
-    room: &str,
-    id: Option<Id>,
-    answer: Answer,
-    info: &Value,
-    statuses: &[Option<String>],
-) -> (usize, Event) {
-    let a = as_array(info).map(|a| a.to_vec()).unwrap_or_default();
-    let epoch = a.first().and_then(as_str).unwrap_or("").to_string();
-    let seq = a.get(1).and_then(as_int).unwrap_or(0) as u64;
-    let len = a.get(2).and_then(as_int).unwrap_or(0) as u64;
-    let mut users: Vec<(String, String)> = Vec::new();
-    let mut i = 3;
-    while i + 1 < a.len() {
-        let u = as_str(&a[i]).unwrap_or("").to_string();
-        let n = as_str(&a[i + 1]).unwrap_or("").to_string();
-        users.push((u, n));
-        i += 2;
-    }
-    let mut order: Vec<usize> = (0..users.len()).collect();
-    order.sort_by(|&x, &y| users[x].0.cmp(&users[y].0));
-    let mut list = String::from("[");
-    for (k, &j) in order.iter().enumerate() {
-        let (u, n) = &users[j];
-        let st = statuses.get(j).cloned().flatten();
-        let name = (!n.is_empty()).then_some(n.as_str());
-        replies::push_member(
-            &mut list,
-            k == 0,
-            u,
-            name,
-            st.as_deref().unwrap_or("online"),
-        );
-    }
-    list.push(']');
-    let described = (!epoch.is_empty()).then(|| (Arc::<str>::from(epoch.as_str()), seq, len));
-    replies::members(room, id, answer, &list, described)
-}
-
-/// The users listed in a `ROOM_INFO` reply, in order.
-pub fn info_users(info: &Value) -> Vec<String> {
-    let a = as_array(info).map(|a| a.to_vec()).unwrap_or_default();
-    let mut out = Vec::new();
-    let mut i = 3;
-    while i + 1 < a.len() {
-        out.push(as_str(&a[i]).unwrap_or("").to_string());
-        i += 2;
-    }
-    out
+/// The `epoch` of one of our `message` events' JSON.
+fn epoch_in(json: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b",\"epoch\":\"";
+    let i = memchr::memmem::find(json, KEY)? + KEY.len();
+    let end = memchr::memchr(b'"', &json[i..])?;
+    std::str::from_utf8(&json[i..i + end]).ok()
 }
 
 #[cfg(test)]
@@ -1149,27 +1126,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_parse() {
-        let (seq, epoch, json) = parse_message(b"12,abcd,{\"a\":1}").unwrap();
-        assert_eq!((seq, epoch, json), (12, "abcd", &b"{\"a\":1}"[..]));
-        assert!(parse_message(b"x,abcd,{}").is_none());
-        let (user, json) = parse_except(b"3,a,b{\"t\":1}").unwrap();
-        assert_eq!((user, json), ("a,b", &b"{\"t\":1}"[..]));
-        assert!(parse_except(b"9,ab").is_none());
+    fn epochs_are_read_from_our_events() {
+        let j = br#"{"type":"message","room":"r","seq":3,"epoch":"ab12","ts":1,"from":{"user":"u"},"data":{"epoch":"x"}}"#;
+        assert_eq!(epoch_in(j), Some("ab12"));
+        assert_eq!(epoch_in(b"{}"), None);
     }
 
     #[test]
-    fn stream_entries_give_seq_json_and_ts() {
-        let e = Value::Array(vec![
-            Value::BulkString(b"7-0".to_vec()),
-            Value::Array(vec![
-                Value::BulkString(b"d".to_vec()),
-                Value::BulkString(b"{\"seq\":7}".to_vec()),
-                Value::BulkString(b"t".to_vec()),
-                Value::BulkString(b"1700".to_vec()),
-            ]),
-        ]);
-        assert_eq!(stream_entry(&e), Some((7, &b"{\"seq\":7}"[..])));
-        assert_eq!(stream_ts(&e), Some(1700));
+    fn positions_seen_by_redis() {
+        assert_eq!(Pos::Unknown.seen(), (String::new(), String::new()));
+        let p = Pos::Stale {
+            epoch: "e".into(),
+            last: 7,
+        };
+        assert_eq!(p.seen(), ("e".into(), "7".into()));
     }
 }

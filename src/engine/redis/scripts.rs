@@ -10,6 +10,7 @@
 //! | `P:r:{R}:h` | stream | history: id `<seq>-0`, fields `d` (event JSON), `t` (ts) |
 //! | `P:r:{R}:u` | hash | user → number of nodes with the user in the room |
 //! | `P:r:{R}:nm` | hash | user → display name |
+//! | `P:r:{R}:st` | hash | user → status when not online (for `members`) |
 //! | `P:r:{R}:n:<node>` | hash | users in the room on that node → 1 |
 //! | `P:u:{U}` | hash | `n:<node>` → connections on that node, `st` status (absent: online), `g` grace token |
 //! | `P:node:<node>:rooms` / `:users` | set | what a node contributed (for reaping a dead node) |
@@ -146,14 +147,31 @@ pub enum Channel<'a> {
 /// JSON string literal in Lua (cjson escapes as JSON requires).
 const LUA_HELPERS: &str = r#"
 local function js(s) return cjson.encode(s) end
-local function epoch_of(meta, stream, candidate)
+-- The room's epoch: created when Redis has none, and renewed when Redis is
+-- behind what a node already delivered under it (a restart or failover that
+-- lost the tail), so that no position is ever reused for another message.
+local function epoch_of(meta, stream, candidate, seen_epoch, seen_last)
   local e = redis.call('HGET', meta, 'e')
-  if not e then
+  local fresh = not e
+  if e and seen_epoch and seen_epoch == e then
+    if tonumber(redis.call('HGET', meta, 's') or '0') < tonumber(seen_last) then
+      fresh = true
+    end
+  end
+  if fresh then
     e = candidate
     redis.call('DEL', stream)
     redis.call('HSET', meta, 'e', e, 's', 0)
   end
   return e
+end
+-- A member's status in the room (absent: online).
+local function set_status(statuses, user, status)
+  if status == '' or status == 'online' then
+    redis.call('HDEL', statuses, user)
+  else
+    redis.call('HSET', statuses, user, status)
+  end
 end
 local function membership(ty, room, user, name)
   local n = 'null'
@@ -171,9 +189,10 @@ local function idle(meta, users, idle_ms)
     redis.call('PERSIST', meta)
   end
 end
--- Registers user on this node's member hash; publishes `joined` when it is
--- the user's first node in the room.
-local function add_member(users, names, nodeusers, channel, room, user, name)
+-- Registers user on this node's member hash (idempotent); publishes
+-- `joined` when it is the user's first node in the room.
+local function add_member(users, names, statuses, nodeusers, channel, room, user, name, status)
+  set_status(statuses, user, status)
   if redis.call('HSETNX', nodeusers, user, 1) == 1 then
     if redis.call('HINCRBY', users, user, 1) == 1 then
       if name ~= '' then redis.call('HSET', names, user, name) end
@@ -183,13 +202,14 @@ local function add_member(users, names, nodeusers, channel, room, user, name)
   end
   return 0
 end
-local function remove_member(users, names, nodeusers, channel, room, user)
+local function remove_member(users, names, statuses, nodeusers, channel, room, user)
   if redis.call('HDEL', nodeusers, user) == 1 then
     local n = redis.call('HINCRBY', users, user, -1)
     if n <= 0 then
       local name = redis.call('HGET', names, user)
       redis.call('HDEL', users, user)
       redis.call('HDEL', names, user)
+      redis.call('HDEL', statuses, user)
       redis.call('PUBLISH', channel, 'e' .. membership('left', room, user, name or ''))
       return 1
     end
@@ -215,10 +235,24 @@ for i = 0, #KEYS / 3 - 1 do
   local m, h, u = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
   local room = ARGV[6 + 2 * i]
   local e = epoch_of(m, h, ARGV[1])
-  local seq = redis.call('HINCRBY', m, 's', 1)
-  local ev = '{"type":"message","room":"' .. room .. '","seq":' .. seq .. ',"epoch":"' .. e ..
-    '","ts":' .. ts .. ',"from":' .. ARGV[7 + 2 * i]
-  redis.call('XADD', h, 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ev, 't', ts)
+  local seq = tonumber(redis.call('HGET', m, 's') or '0') + 1
+  local function event()
+    return '{"type":"message","room":"' .. room .. '","seq":' .. seq .. ',"epoch":"' .. e ..
+      '","ts":' .. ts .. ',"from":' .. ARGV[7 + 2 * i]
+  end
+  local ev = event()
+  local added = redis.pcall('XADD', h, 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ev, 't', ts)
+  if type(added) == 'table' and added.err then
+    -- The stream is ahead of the room's seq (keys evicted or edited): the
+    -- room starts over under a new epoch rather than reuse a position.
+    e = ARGV[1] .. 'r'
+    seq = 1
+    redis.call('DEL', h)
+    ev = event()
+    redis.call('XADD', h, 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ev, 't', ts)
+    redis.call('HSET', m, 'e', e)
+  end
+  redis.call('HSET', m, 's', seq)
   if seq % 64 == 0 then
     for _ = 1, 64 do
       local first = redis.call('XRANGE', h, '-', '+', 'COUNT', 1)
@@ -239,14 +273,17 @@ return out
 "#;
 
 /// A join's position (and registration): KEYS meta, stream, users, names,
-/// node users; ARGV channel, epoch candidate, room, user, name, register
-/// (1/0), since epoch, since seq (`` = none), ttl_ms, idle_ms.
+/// statuses, node users; ARGV channel, epoch candidate, room, user, name,
+/// register (1/0), since epoch, since seq (`` = none), ttl_ms, idle_ms,
+/// status, the node's epoch and position in the room (`` = none).
 /// Returns `{epoch, seq, members, recovered (-1 = not asked, 0, 1), json...}`
 /// with the missed messages' JSON when recovered.
 const JOIN: &str = r#"
-local e = epoch_of(KEYS[1], KEYS[2], ARGV[2])
+local seen = nil
+if ARGV[12] ~= '' then seen = ARGV[12] end
+local e = epoch_of(KEYS[1], KEYS[2], ARGV[2], seen, ARGV[13])
 if ARGV[6] == '1' then
-  add_member(KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
+  add_member(KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[11])
 end
 idle(KEYS[1], KEYS[3], ARGV[10])
 local seq = tonumber(redis.call('HGET', KEYS[1], 's'))
@@ -270,39 +307,43 @@ end
 return out
 "#;
 
-/// The room's position, creating its epoch if Redis has none: KEYS meta,
-/// stream; ARGV epoch candidate. Returns `{epoch, seq}`.
+/// The room's position, creating its epoch if Redis has none (or renewing
+/// it when Redis is behind the node's position): KEYS meta, stream; ARGV
+/// epoch candidate, the node's epoch and position (`` = none). Returns
+/// `{epoch, seq}`.
 const POSITION: &str = r#"
-local e = epoch_of(KEYS[1], KEYS[2], ARGV[1])
+local seen = nil
+if ARGV[2] ~= '' then seen = ARGV[2] end
+local e = epoch_of(KEYS[1], KEYS[2], ARGV[1], seen, ARGV[3])
 return {e, tonumber(redis.call('HGET', KEYS[1], 's'))}
 "#;
 
 /// One user's last connection on this node left the room: KEYS meta,
-/// users, names, node users; ARGV channel, room, user, idle_ms.
+/// users, names, statuses, node users; ARGV channel, room, user, idle_ms.
 const LEAVE: &str = r#"
-remove_member(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+remove_member(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
 idle(KEYS[1], KEYS[2], ARGV[4])
 return 1
 "#;
 
-/// Makes this node's members of a room exactly ARGV[5..] (user, name
-/// pairs): KEYS meta, users, names, node users; ARGV channel, room,
-/// idle_ms, count. Publishes `joined`/`left` for users that appear or
-/// vanish. Used after a (re)connect and to reap a dead node (empty list).
-/// Returns the users removed.
+/// Makes this node's members of a room exactly ARGV[5..] (user, name,
+/// status triples): KEYS meta, users, names, statuses, node users; ARGV
+/// channel, room, idle_ms, count. Publishes `joined`/`left` for users that
+/// appear or vanish. Used after a (re)connect and to reap a dead node
+/// (empty list). Returns the users removed.
 const SYNC_ROOM: &str = r#"
 local want = {}
 local n = tonumber(ARGV[4])
-for i = 0, n - 1 do want[ARGV[5 + 2 * i]] = ARGV[6 + 2 * i] end
+for i = 0, n - 1 do want[ARGV[5 + 3 * i]] = {ARGV[6 + 3 * i], ARGV[7 + 3 * i]} end
 local removed = {}
-for _, u in ipairs(redis.call('HKEYS', KEYS[4])) do
+for _, u in ipairs(redis.call('HKEYS', KEYS[5])) do
   if want[u] == nil then
-    remove_member(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], u)
+    remove_member(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], u)
     removed[#removed + 1] = u
   end
 end
-for u, name in pairs(want) do
-  add_member(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], u, name)
+for u, ns in pairs(want) do
+  add_member(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], u, ns[1], ns[2])
 end
 idle(KEYS[1], KEYS[2], ARGV[3])
 return removed
@@ -403,8 +444,8 @@ end
 return total
 "#;
 
-/// A room's description: KEYS meta, users, names, stream. Returns
-/// `{epoch or '', seq, history length, user, name, user, name, ...}`.
+/// A room's description: KEYS meta, users, names, stream, statuses.
+/// Returns `{epoch or '', seq, history length, user, name, status, ...}`.
 const ROOM_INFO: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e') or ''
 local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
@@ -412,17 +453,23 @@ local out = {e, s, redis.call('XLEN', KEYS[4])}
 for _, u in ipairs(redis.call('HKEYS', KEYS[2])) do
   out[#out + 1] = u
   out[#out + 1] = redis.call('HGET', KEYS[3], u) or ''
+  out[#out + 1] = redis.call('HGET', KEYS[5], u) or 'online'
 end
 return out
 "#;
 
 /// The node's heartbeat: KEYS nodes, stats; ARGV node, ttl_ms, stats
-/// JSON. Returns the nodes whose registration expired.
+/// JSON. Returns `{registered before (1/0), expired node, ...}`: a node
+/// that finds itself gone was reaped while alive and must reconcile.
 const HEARTBEAT: &str = r#"
 local now = now_ms()
+local was = 0
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then was = 1 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local out = {was}
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do out[#out + 1] = n end
+return out
 "#;
 
 /// The live nodes' stats: KEYS nodes, stats. Returns `{node, json, ...}`.

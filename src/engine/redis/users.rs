@@ -1,7 +1,5 @@
 //! A node's users in the Redis engine: presence over all nodes, direct
-//! messages and notifications, statuses; and keeping Redis true to what
-//! this node holds (reconciling after a connect) or what a dead node held
-//! (reaping it).
+//! messages and notifications, statuses.
 //!
 //! Locally a [`UserTable`] holds the users with connections on this node
 //! (their connections per core, local rooms, status, grace). In Redis a
@@ -12,12 +10,14 @@
 //! A status change is published on the user's channel; every node with
 //! connections of the user republishes it to the user's rooms there (each
 //! node knows only its own), and every node delivers it to its members of
-//! those rooms once per change (a nonce, remembered for a while).
+//! those rooms once per change (a nonce, remembered for a while); the
+//! republishing node also notes the status in the room (for `members`).
 //!
 //! This module decides; Redis and cores are reached through [`Io`].
 
-use super::bridge::{BTimer, Io, Want, as_array, as_int, as_str};
+use super::io::{BTimer, Io, Want};
 use super::rooms::NodeRooms;
+use super::wire::{as_array, as_int};
 use crate::engine::presence::{UserTable, presence_frame};
 use crate::engine::{AggRef, ConnRef, Event};
 use crate::proto::Status;
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use slab::Slab;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// Presence changes already delivered are remembered this long, ms.
 const SEEN_MS: u64 = 30_000;
@@ -70,7 +70,10 @@ pub struct NodeUsers {
     seen: HashMap<(Arc<str>, u64), Seen>,
     grace_ms: u64,
     /// Dead nodes being reaped by this node.
-    reaps: HashMap<String, Reap>,
+    pub(super) reaps: HashMap<String, super::nodes::Reap>,
+    /// Offline checks that could not run (Redis away): user → (grace
+    /// token, rooms), run again once Redis is back.
+    pending_offline: HashMap<Arc<str>, (String, Vec<Arc<str>>)>,
 }
 
 impl NodeUsers {
@@ -84,6 +87,7 @@ impl NodeUsers {
             seen: HashMap::new(),
             grace_ms,
             reaps: HashMap::new(),
+            pending_offline: HashMap::new(),
         }
     }
 
@@ -92,10 +96,16 @@ impl NodeUsers {
         self.table.online()
     }
 
+    /// A local user's status (online when unknown).
+    pub fn status_of(&self, user: &str) -> Status {
+        self.table.get(user).map_or(Status::Online, |u| u.status())
+    }
+
     /// A connection of `user` authenticated on `core`.
     pub fn connect(&mut self, io: &mut Io<'_>, user: Arc<str>, core: usize, conn: ConnRef) {
         self.table.connect(&user, core, conn);
         self.tokens.remove(&user);
+        self.pending_offline.remove(&user);
         if self.subscribed.insert(user.clone()) {
             io.subscribe(io.keys.user(&user));
             let set = io.keys.node_set(io.keys.node(), "users");
@@ -171,15 +181,7 @@ impl NodeUsers {
             return; // came back meanwhile
         };
         self.tokens.remove(&g.user);
-        let mut c = io.script(&io.scripts.user_offline, &[&io.keys.user(&g.user)]);
-        c.arg(&g.token);
-        io.call(
-            &c,
-            Want::UserOffline {
-                user: g.user,
-                rooms: change.rooms,
-            },
-        );
+        confirm_offline(io, g.user, g.token, change.rooms);
     }
 
     /// `1` = the user is offline everywhere: tell the rooms.
@@ -200,11 +202,18 @@ impl NodeUsers {
         self.forget(io, user);
     }
 
-    /// The confirmation never came (Redis down): the user is forgotten
-    /// here; reconciliation settles Redis.
-    pub fn offline_failed(&mut self, user: &str, _rooms: Vec<Arc<str>>) {
-        if self.table.get(user).is_none() {
-            self.subscribed.remove(user);
+    /// The confirmation never came (Redis away): it runs again, with the
+    /// same token, once Redis is back.
+    pub fn offline_failed(&mut self, user: Arc<str>, token: String, rooms: Vec<Arc<str>>) {
+        if self.table.get(&user).is_none() {
+            self.pending_offline.insert(user, (token, rooms));
+        }
+    }
+
+    /// Redis is reachable again: the offline checks that could not run.
+    pub fn retry_offline(&mut self, io: &mut Io<'_>) {
+        for (user, (token, rooms)) in std::mem::take(&mut self.pending_offline) {
+            confirm_offline(io, user, token, rooms);
         }
     }
 
@@ -285,6 +294,19 @@ impl NodeUsers {
                     .into_iter()
                     .filter(|r| rooms.has_member(r, user))
                     .collect();
+                for room in &mine {
+                    // For `members` on any node.
+                    let key = io.keys.room(room, "st");
+                    let c = match status {
+                        Status::Online => redis::cmd("HDEL").arg(key).arg(user).to_owned(),
+                        s => redis::cmd("HSET")
+                            .arg(key)
+                            .arg(user)
+                            .arg(s.as_str())
+                            .to_owned(),
+                    };
+                    io.call(&c, Want::Ignore("room status"));
+                }
                 publish_presence_nonce(io, user, status, &mine, nonce);
             }
             _ => debug!(user, "unknown user payload"),
@@ -345,7 +367,7 @@ impl NodeUsers {
 
     /// Local connection counts per user, with the grace token of users
     /// whose grace runs here (count 0).
-    fn counts(&self) -> Vec<(Arc<str>, u32, String)> {
+    pub(super) fn counts(&self) -> Vec<(Arc<str>, u32, String)> {
         let mut out: Vec<(Arc<str>, u32, String)> = self
             .table
             .users()
@@ -367,7 +389,16 @@ fn parse_status(s: &str) -> Option<Status> {
     }
 }
 
-fn publish_presence(io: &mut Io<'_>, user: &str, status: Status, rooms: &[Arc<str>]) {
+/// Asks Redis whether `user`, whose grace under `token` ended here, is gone
+/// everywhere.
+fn confirm_offline(io: &mut Io<'_>, user: Arc<str>, token: String, rooms: Vec<Arc<str>>) {
+    let mut c = io.script(&io.scripts.user_offline, &[&io.keys.user(&user)]);
+    c.arg(&token);
+    io.call(&c, Want::UserOffline { user, token, rooms });
+}
+
+/// Publishes `offline` (or another status) to `rooms`.
+pub(super) fn publish_presence(io: &mut Io<'_>, user: &str, status: Status, rooms: &[Arc<str>]) {
     let nonce = io.nonce();
     publish_presence_nonce(io, user, status, rooms, nonce);
 }
@@ -393,307 +424,4 @@ fn publish_presence_nonce(io: &mut Io<'_>, user: &str, status: Status, rooms: &[
             .to_owned();
         io.call(&c, Want::Ignore("presence"));
     }
-}
-
-// ---- reconciling this node, reaping dead ones ---------------------------
-
-/// A step of [`reconcile`] or of reaping a dead node.
-#[derive(Debug)]
-pub enum ReapStep {
-    /// The lock for reaping `node` (OK = ours).
-    Lock {
-        /// The dead node.
-        node: String,
-    },
-    /// The rooms `node` had members in (SMEMBERS).
-    Rooms {
-        /// The node (this one when reconciling).
-        node: String,
-    },
-    /// One room's members of `node` removed (the users removed).
-    Room {
-        /// The node.
-        node: String,
-        /// Room.
-        room: String,
-    },
-    /// The users `node` had connections of (SMEMBERS).
-    Users {
-        /// The node.
-        node: String,
-    },
-    /// One user's count on `node` set (`{total, online, offline}`).
-    User {
-        /// The node.
-        node: String,
-        /// User.
-        user: String,
-    },
-}
-
-/// Reaping in progress: which users were in which rooms on the dead node
-/// (for their `offline`), and how many steps are out.
-#[derive(Debug, Default)]
-struct Reap {
-    rooms_left: usize,
-    users_left: usize,
-    user_rooms: HashMap<String, Vec<Arc<str>>>,
-}
-
-/// After the command connection (re)connected: makes Redis hold exactly
-/// what this node holds — its members per room and its users' connection
-/// counts — whatever happened while it could not reach Redis (at start,
-/// what an earlier run of this node left behind is removed).
-pub fn reconcile(io: &mut Io<'_>, rooms: &mut NodeRooms, users: &mut NodeUsers) {
-    let node = io.keys.node().to_string();
-    // Local state first, then what Redis has that is no longer local.
-    for (room, members) in rooms.members() {
-        sync_room(io, &node, &room, &members, Want::Ignore("sync_room"));
-        let set = io.keys.node_set(&node, "rooms");
-        io.call(
-            redis::cmd("SADD").arg(set).arg(&*room),
-            Want::Ignore("SADD"),
-        );
-    }
-    for (user, count, token) in users.counts() {
-        set_user(io, &node, &user, count, &token, Want::Ignore("user_set"));
-        if count > 0 {
-            let set = io.keys.node_set(&node, "users");
-            io.call(
-                redis::cmd("SADD").arg(set).arg(&*user),
-                Want::Ignore("SADD"),
-            );
-        }
-    }
-    let rooms_key = io.keys.node_set(&node, "rooms");
-    io.call(
-        redis::cmd("SMEMBERS").arg(rooms_key),
-        Want::Reap(ReapStep::Rooms { node: node.clone() }),
-    );
-    let users_key = io.keys.node_set(&node, "users");
-    io.call(
-        redis::cmd("SMEMBERS").arg(users_key),
-        Want::Reap(ReapStep::Users { node }),
-    );
-}
-
-fn sync_room(
-    io: &mut Io<'_>,
-    node: &str,
-    room: &str,
-    members: &[super::rooms::Member],
-    want: Want,
-) {
-    let k = io.keys;
-    let mut c = io.script(
-        &io.scripts.sync_room,
-        &[
-            &k.room(room, "m"),
-            &k.room(room, "u"),
-            &k.room(room, "nm"),
-            &k.room_node(room, node),
-        ],
-    );
-    c.arg(k.room_channel(room))
-        .arg(room)
-        .arg(io.cfg.idle_ms)
-        .arg(members.len());
-    for (u, n) in members {
-        c.arg(&**u).arg(n.as_deref().unwrap_or(""));
-    }
-    io.call(&c, want);
-}
-
-fn set_user(io: &mut Io<'_>, node: &str, user: &str, count: u32, token: &str, want: Want) {
-    let mut c = io.script(&io.scripts.user_set, &[&io.keys.user(user)]);
-    c.arg(format!("n:{node}")).arg(count).arg(token);
-    io.call(&c, want);
-}
-
-/// A node's registration expired: take the lock and reap it.
-pub fn start_reap(io: &mut Io<'_>, dead: &str) {
-    let c = redis::cmd("SET")
-        .arg(io.keys.reap_lock(dead))
-        .arg(io.keys.node())
-        .arg("NX")
-        .arg("PX")
-        .arg(60_000)
-        .to_owned();
-    io.call(
-        &c,
-        Want::Reap(ReapStep::Lock {
-            node: dead.to_string(),
-        }),
-    );
-}
-
-/// The next step of reaping (or reconciling) after `step`'s reply.
-pub fn on_reap_reply(
-    io: &mut Io<'_>,
-    rooms: &mut NodeRooms,
-    users: &mut NodeUsers,
-    step: ReapStep,
-    v: Value,
-) {
-    let me = io.keys.node().to_string();
-    match step {
-        ReapStep::Lock { node } => {
-            if !matches!(v, Value::Okay) && as_str(&v) != Some("OK") {
-                return; // another node reaps it
-            }
-            info!(node = %node, "reaping a node whose registration expired");
-            users.reaps.insert(node.clone(), Reap::default());
-            let key = io.keys.node_set(&node, "rooms");
-            io.call(
-                redis::cmd("SMEMBERS").arg(key),
-                Want::Reap(ReapStep::Rooms { node }),
-            );
-        }
-        ReapStep::Rooms { node } => {
-            let listed: Vec<String> = as_array(&v)
-                .unwrap_or(&[])
-                .iter()
-                .filter_map(as_str)
-                .map(String::from)
-                .collect();
-            if node == me {
-                // Reconciling: rooms Redis has for this node but it no
-                // longer holds.
-                let local: HashSet<Arc<str>> =
-                    rooms.members().into_iter().map(|(r, _)| r).collect();
-                for room in listed.iter().filter(|r| !local.contains(r.as_str())) {
-                    sync_room(io, &me, room, &[], Want::Ignore("sync_room"));
-                    let set = io.keys.node_set(&me, "rooms");
-                    io.call(redis::cmd("SREM").arg(set).arg(room), Want::Ignore("SREM"));
-                }
-                return;
-            }
-            if let Some(reap) = users.reaps.get_mut(&node) {
-                reap.rooms_left = listed.len();
-            }
-            for room in &listed {
-                let want = Want::Reap(ReapStep::Room {
-                    node: node.clone(),
-                    room: room.clone(),
-                });
-                sync_room(io, &node, room, &[], want);
-            }
-            if listed.is_empty() {
-                reap_users(io, &node);
-            }
-        }
-        ReapStep::Room { node, room } => {
-            let removed: Vec<String> = as_array(&v)
-                .unwrap_or(&[])
-                .iter()
-                .filter_map(as_str)
-                .map(String::from)
-                .collect();
-            let done = match users.reaps.get_mut(&node) {
-                Some(reap) => {
-                    for u in removed {
-                        reap.user_rooms
-                            .entry(u)
-                            .or_default()
-                            .push(room.as_str().into());
-                    }
-                    reap.rooms_left = reap.rooms_left.saturating_sub(1);
-                    reap.rooms_left == 0
-                }
-                None => false,
-            };
-            if done {
-                reap_users(io, &node);
-            }
-        }
-        ReapStep::Users { node } => {
-            let listed: Vec<String> = as_array(&v)
-                .unwrap_or(&[])
-                .iter()
-                .filter_map(as_str)
-                .map(String::from)
-                .collect();
-            if node == me {
-                let local: HashSet<Arc<str>> =
-                    users.counts().into_iter().map(|(u, _, _)| u).collect();
-                for user in listed.iter().filter(|u| !local.contains(u.as_str())) {
-                    let want = Want::Reap(ReapStep::User {
-                        node: me.clone(),
-                        user: user.clone(),
-                    });
-                    set_user(io, &me, user, 0, "", want);
-                    let set = io.keys.node_set(&me, "users");
-                    io.call(redis::cmd("SREM").arg(set).arg(user), Want::Ignore("SREM"));
-                }
-                return;
-            }
-            if let Some(reap) = users.reaps.get_mut(&node) {
-                reap.users_left = listed.len();
-            }
-            for user in &listed {
-                let want = Want::Reap(ReapStep::User {
-                    node: node.clone(),
-                    user: user.clone(),
-                });
-                set_user(io, &node, user, 0, "", want);
-            }
-            if listed.is_empty() {
-                finish_reap(io, users, &node);
-            }
-        }
-        ReapStep::User { node, user } => {
-            let offline = as_array(&v).and_then(|a| as_int(a.get(2)?)) == Some(1);
-            let rooms_of = users
-                .reaps
-                .get(&node)
-                .and_then(|reap| reap.user_rooms.get(&user).cloned())
-                .unwrap_or_default();
-            if offline {
-                publish_presence(io, &user, Status::Offline, &rooms_of);
-                io.call(
-                    redis::cmd("SREM").arg(io.keys.online()).arg(&user),
-                    Want::Ignore("SREM online"),
-                );
-            }
-            if node == me {
-                return;
-            }
-            let done = match users.reaps.get_mut(&node) {
-                Some(reap) => {
-                    reap.users_left = reap.users_left.saturating_sub(1);
-                    reap.users_left == 0
-                }
-                None => false,
-            };
-            if done {
-                finish_reap(io, users, &node);
-            }
-        }
-    }
-}
-
-fn reap_users(io: &mut Io<'_>, node: &str) {
-    let key = io.keys.node_set(node, "users");
-    io.call(
-        redis::cmd("SMEMBERS").arg(key),
-        Want::Reap(ReapStep::Users {
-            node: node.to_string(),
-        }),
-    );
-}
-
-fn finish_reap(io: &mut Io<'_>, users: &mut NodeUsers, node: &str) {
-    users.reaps.remove(node);
-    let (nodes, stats) = io.keys.nodes();
-    for cmd in [
-        redis::cmd("DEL")
-            .arg(io.keys.node_set(node, "rooms"))
-            .arg(io.keys.node_set(node, "users"))
-            .to_owned(),
-        redis::cmd("ZREM").arg(nodes).arg(node).to_owned(),
-        redis::cmd("HDEL").arg(stats).arg(node).to_owned(),
-    ] {
-        io.call(&cmd, Want::Ignore("reap"));
-    }
-    info!(node = %node, "dead node reaped");
 }
