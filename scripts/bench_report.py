@@ -273,6 +273,12 @@ if os.path.exists(notes):
     w(open(notes).read().rstrip())
     w("")
 
+cluster = "docs/BENCHMARKS-cluster.md"
+if os.path.exists(cluster):
+    # Written by scripts/bench_cluster.sh.
+    w(open(cluster).read().rstrip())
+    w("")
+
 w("## Raw runs")
 w("")
 w("| case | server | run | ops/s | p99 µs | server µs/op (user+sys) | missing | errors |")

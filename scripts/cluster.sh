@@ -11,6 +11,8 @@
 #   REDIS_PORT   Redis port (default 6390)
 #   BASE_PORT    first node's port (default 8081; node I listens on BASE_PORT+I-1)
 #   CORES        core loops per node (default 1)
+#   CORECAST_PIN pin core loops to CPUs (default false here: several nodes
+#                on one machine would otherwise pin their core 0 to the same CPU)
 #   APPENDFSYNC  "always" runs Redis with appendonly + appendfsync always
 #                (acks survive a Redis crash); default: no persistence
 #   BIN          corecast binary (default target/release/corecast, built if missing)
@@ -57,6 +59,7 @@ start() {
             CORECAST_CLUSTER__REDIS="redis://127.0.0.1:$REDIS_PORT" \
             CORECAST_CLUSTER__NODE="${CORECAST_CLUSTER__NODE_PREFIX:-node}$i" \
             CORECAST_CORES="$CORES" \
+            CORECAST_PIN="${CORECAST_PIN:-false}" \
             CORECAST_HISTORY__DURABILITY="${CORECAST_HISTORY__DURABILITY:-memory}" \
             nohup "$BIN" >"$DIR/node$i.log" 2>&1 &
         echo $! >"$DIR/node$i.pid"

@@ -91,6 +91,10 @@ struct Args {
     /// Source addresses 127.0.0.2.. to spread connections over.
     #[arg(long, default_value_t = 8)]
     sources: usize,
+    /// Fan-out: publishers connect here instead of round-robin over
+    /// --addr (e.g. one cluster node, members on the others).
+    #[arg(long)]
+    pub_addr: Option<String>,
     /// PID of the server, for CPU time and memory figures; several,
     /// comma-separated, add up their CPU time (cluster nodes and Redis).
     #[arg(long, value_delimiter = ',')]
@@ -227,6 +231,7 @@ fn plans(a: &Args, addrs: &[(SocketAddr, String)], shard: usize, procs: usize) -
             };
             Plan {
                 addrs: addrs.to_vec(),
+                pub_addr: a.pub_addr.as_deref().map(|p| resolve(p)[0].0),
                 sources: sources.clone(),
                 conns: split(a.conns, workers, w),
                 members,

@@ -89,6 +89,9 @@ pub struct Plan {
     /// Server addresses (connections go round-robin) and their text (the
     /// Host header).
     pub addrs: Vec<(SocketAddr, String)>,
+    /// Where publishers connect, when not round-robin with the rest (a
+    /// cluster node of their own: every delivery crosses nodes).
+    pub pub_addr: Option<SocketAddr>,
     /// Source addresses to spread connections over.
     pub sources: Vec<Ipv4Addr>,
     /// Echo / idle: connections; connect: concurrent dialers.
@@ -299,7 +302,10 @@ impl Worker {
     fn open_conn(&mut self, role: Role2, path: &'static str) {
         let src = self.plan.sources[(self.plan.offset + self.dialed) % self.plan.sources.len()];
         self.dialed += 1;
-        let addr = self.plan.addrs[self.dialed % self.plan.addrs.len()].0;
+        let addr = match (role, self.plan.pub_addr) {
+            (Role2::Publisher { .. }, Some(a)) => a,
+            _ => self.plan.addrs[self.dialed % self.plan.addrs.len()].0,
+        };
         let mut stream = match dial(addr, src) {
             Ok(s) => s,
             Err(e) => return self.error(format!("connect from {src}: {e}")),

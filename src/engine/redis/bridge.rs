@@ -58,6 +58,9 @@ pub const NODE_TTL_MS: u64 = 15_000;
 const PROBE_TIMEOUT_MS: u64 = 3000;
 /// A broadcast's count from other nodes is awaited this long, ms.
 const GATHER_TIMEOUT_MS: u64 = 4000;
+/// A publish waiting for its batch: where its `ack` goes, and its tail.
+type PendingPublish = (Option<ReplyTo>, String);
+
 /// Most publishes sequenced by one script call.
 const PUBLISH_BATCH: usize = 128;
 /// Timer wheel tick and slots.
@@ -593,11 +596,21 @@ impl Bridge {
         if self.publishes.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.publishes);
+        // Grouped by room, in order within each room (the order of
+        // messages of different rooms does not matter).
+        let mut groups: Vec<(Arc<str>, Vec<PendingPublish>)> = Vec::new();
+        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+        for (room, reply, tail) in std::mem::take(&mut self.publishes) {
+            let i = *index.entry(room.clone()).or_insert_with(|| {
+                groups.push((room.clone(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push((reply, tail));
+        }
         let (mut io, _, _) = self.io(now);
         let k = io.keys;
-        let mut keys: Vec<String> = Vec::with_capacity(batch.len() * 3);
-        for (room, _, _) in &batch {
+        let mut keys: Vec<String> = Vec::with_capacity(groups.len() * 3);
+        for (room, _) in &groups {
             keys.push(k.room(room, "m"));
             keys.push(k.room(room, "h"));
             keys.push(k.room(room, "u"));
@@ -607,12 +620,16 @@ impl Bridge {
         c.arg(io.new_epoch())
             .arg(io.cfg.size)
             .arg(io.cfg.ttl_ms)
-            .arg(io.cfg.idle_ms)
-            .arg(k.prefix());
-        let mut items = Vec::with_capacity(batch.len());
-        for (room, reply, tail) in batch {
-            c.arg(&*room).arg(tail);
-            items.push((room, reply));
+            .arg(io.cfg.idle_ms);
+        let mut items = Vec::with_capacity(groups.len());
+        for (room, msgs) in groups {
+            c.arg(&*room).arg(k.room_channel(&room)).arg(msgs.len());
+            let mut replies = Vec::with_capacity(msgs.len());
+            for (reply, tail) in msgs {
+                c.arg(tail);
+                replies.push(reply);
+            }
+            items.push((room, replies));
         }
         io.call(&c, Want::Publish { items });
     }
@@ -651,7 +668,7 @@ impl Bridge {
             Command::Publish { room, reply, tail } => {
                 if !io.cmd_ready() {
                     return io.failed.push(Want::Publish {
-                        items: vec![(room, reply)],
+                        items: vec![(room, vec![reply])],
                     });
                 }
                 self.publishes.push((room, reply, tail));
@@ -758,25 +775,36 @@ impl Bridge {
             }
             Want::Publish { items } => {
                 let a = as_array(&v).unwrap_or(&[]);
-                let ts = a.first().and_then(as_int);
-                if ts.is_none() || a.len() != 1 + 2 * items.len() {
-                    warn!(messages = items.len(), reply = ?v, "publish script failed");
+                let ts = a.first().and_then(as_int).map(|t| t as u64);
+                if ts.is_none() {
+                    warn!(rooms = items.len(), reply = ?v, "publish script failed");
                 }
-                for (i, (room, reply)) in items.into_iter().enumerate() {
-                    let parsed = ts.and_then(|ts| {
-                        let seq = as_int(a.get(1 + 2 * i)?)? as u64;
-                        Some((seq, as_str(a.get(2 + 2 * i)?)?, ts as u64))
-                    });
-                    let Some(reply) = reply else { continue };
-                    match parsed {
-                        Some((seq, epoch, ts)) => {
-                            let (core, ev) = replies::publish_ack(reply, &room, seq, epoch, ts);
-                            rooms.publish_acked(&mut io, &room, seq, core, ev);
+                // Per room: its epoch, then a seq per message (a string
+                // among them is a new epoch for what follows).
+                let mut vals = a.iter().skip(1).peekable();
+                for (room, replies_of) in items {
+                    let mut epoch = vals.next().and_then(as_str).unwrap_or("");
+                    for reply in replies_of {
+                        if let Some(e) = vals.next_if(|x| !matches!(x, Value::Int(_))) {
+                            epoch = as_str(e).unwrap_or("");
                         }
-                        None => {
-                            let msg = "the cluster engine failed; retry";
-                            let (core, ev) = replies::refuse(reply, ErrorCode::Unavailable, msg);
-                            io.event(core, ev);
+                        let seq = match vals.next() {
+                            Some(Value::Int(s)) if ts.is_some() => Some(*s as u64),
+                            _ => None,
+                        };
+                        let Some(reply) = reply else { continue };
+                        match (seq, ts) {
+                            (Some(seq), Some(ts)) => {
+                                let (core, ev) =
+                                    replies::publish_ack(reply, &room, seq, epoch, ts);
+                                rooms.publish_acked(&mut io, &room, seq, core, ev);
+                            }
+                            _ => {
+                                let msg = "the cluster engine failed; retry";
+                                let (core, ev) =
+                                    replies::refuse(reply, ErrorCode::Unavailable, msg);
+                                io.event(core, ev);
+                            }
                         }
                     }
                 }
@@ -879,12 +907,9 @@ impl Bridge {
         let unavailable = "the cluster engine (Redis) is unreachable; retry later";
         match want {
             Want::Publish { items } => {
-                for (_, reply) in items {
-                    if let Some(reply) = reply {
-                        let (core, ev) =
-                            replies::refuse(reply, ErrorCode::Unavailable, unavailable);
-                        io.event(core, ev);
-                    }
+                for reply in items.into_iter().flat_map(|(_, r)| r).flatten() {
+                    let (core, ev) = replies::refuse(reply, ErrorCode::Unavailable, unavailable);
+                    io.event(core, ev);
                 }
             }
             Want::Join { room, req } => rooms.join_failed(&mut io, room, req),

@@ -26,10 +26,10 @@ pub const MAX_IN_FLIGHT: usize = 200_000;
 pub enum Want {
     /// Nothing; an error reply is logged under this name.
     Ignore(&'static str),
-    /// A batch of publishes: `{ts, seq, epoch, ...}` → their `ack`s.
+    /// A batch of publishes, grouped by room → their `ack`s.
     Publish {
-        /// Each message's room and where its `ack` goes, in order.
-        items: Vec<(Arc<str>, Option<ReplyTo>)>,
+        /// Each room and where the `ack`s of its messages go, in order.
+        items: Vec<(Arc<str>, Vec<Option<ReplyTo>>)>,
     },
     /// A join script.
     Join {

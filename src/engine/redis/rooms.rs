@@ -529,11 +529,12 @@ impl NodeRooms {
             return; // a late message after unsubscribing
         };
         match payload.first() {
-            Some(b'm') => {
-                let Some((seq, epoch, json)) = parse_message(&payload[1..]) else {
+            Some(b'{') => {
+                let Some((seq, epoch)) = parse_message(&name, payload) else {
                     return warn!(room = %name, "unreadable message payload");
                 };
-                self.on_message(io, &name, seq, epoch.into(), text_frame(json));
+                let epoch: Arc<str> = epoch.into();
+                self.on_message(io, &name, seq, epoch, text_frame(payload));
             }
             Some(b'e') => {
                 let frame = text_frame(&payload[1..]);

@@ -95,14 +95,18 @@ pub fn cluster_json(v: &Value) -> String {
     format!("{{\"nodes\":{nodes},\"connections\":{conns},\"per_node\":{per_node}}}")
 }
 
-/// `<seq>,<epoch>,<json>` of a message payload.
-pub fn parse_message(p: &[u8]) -> Option<(u64, &str, &[u8])> {
-    let c1 = memchr::memchr(b',', p)?;
-    let seq = std::str::from_utf8(&p[..c1]).ok()?.parse().ok()?;
-    let rest = &p[c1 + 1..];
-    let c2 = memchr::memchr(b',', rest)?;
-    let epoch = std::str::from_utf8(&rest[..c2]).ok()?;
-    Some((seq, epoch, &rest[c2 + 1..]))
+/// The seq and epoch of a `message` event of `room` as the publish script
+/// wrote it: `{"type":"message","room":"<room>","seq":N,"epoch":"E",...`.
+pub fn parse_message<'a>(room: &str, json: &'a [u8]) -> Option<(u64, &'a str)> {
+    const HEAD: &[u8] = b"{\"type\":\"message\",\"room\":\"";
+    let rest = json.strip_prefix(HEAD)?;
+    let rest = rest.strip_prefix(room.as_bytes())?;
+    let rest = rest.strip_prefix(b"\",\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"epoch\":\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    Some((seq, std::str::from_utf8(&rest[..end]).ok()?))
 }
 
 /// A room event for everyone but `user` (typing): `x<len>,<user><json>`.
@@ -141,18 +145,13 @@ pub fn stream_entry(v: &Value) -> Option<(u64, &[u8])> {
     None
 }
 
-/// The `t` (ts) field of a stream entry.
+/// The ts of a stream entry (from its event JSON).
 pub fn stream_ts(v: &Value) -> Option<u64> {
-    let a = as_array(v)?;
-    let fields = as_array(a.get(1)?)?;
-    let mut i = 0;
-    while i + 1 < fields.len() {
-        if as_bytes(&fields[i]) == Some(b"t") {
-            return as_str(&fields[i + 1])?.parse().ok();
-        }
-        i += 2;
-    }
-    None
+    let (_, json) = stream_entry(v)?;
+    const KEY: &[u8] = b",\"ts\":";
+    let i = memchr::memmem::find(json, KEY)? + KEY.len();
+    let digits = json[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&json[i..i + digits]).ok()?.parse().ok()
 }
 
 /// A `history` reply from `XREVRANGE` entries (newest first), keeping
@@ -239,9 +238,10 @@ mod tests {
     }
     #[test]
     fn payloads_parse() {
-        let (seq, epoch, json) = parse_message(b"12,abcd,{\"a\":1}").unwrap();
-        assert_eq!((seq, epoch, json), (12, "abcd", &b"{\"a\":1}"[..]));
-        assert!(parse_message(b"x,abcd,{}").is_none());
+        let m = br#"{"type":"message","room":"a:b","seq":12,"epoch":"ab12","ts":1,"from":{"user":"u"},"data":1}"#;
+        assert_eq!(parse_message("a:b", m), Some((12, "ab12")));
+        assert_eq!(parse_message("a", m), None, "another room's prefix");
+        assert!(parse_message("a:b", b"{\"type\":\"joined\"}").is_none());
         let (user, json) = parse_except(b"3,a,b{\"t\":1}").unwrap();
         assert_eq!((user, json), ("a,b", &b"{\"t\":1}"[..]));
         assert!(parse_except(b"9,ab").is_none());
@@ -253,12 +253,11 @@ mod tests {
             Value::BulkString(b"7-0".to_vec()),
             Value::Array(vec![
                 Value::BulkString(b"d".to_vec()),
-                Value::BulkString(b"{\"seq\":7}".to_vec()),
-                Value::BulkString(b"t".to_vec()),
-                Value::BulkString(b"1700".to_vec()),
+                Value::BulkString(b"{\"seq\":7,\"ts\":1700,\"data\":{\"ts\":2}}".to_vec()),
             ]),
         ]);
-        assert_eq!(stream_entry(&e), Some((7, &b"{\"seq\":7}"[..])));
-        assert_eq!(stream_ts(&e), Some(1700));
+        let (seq, json) = stream_entry(&e).unwrap();
+        assert_eq!((seq, json.len()), (7, 35));
+        assert_eq!(stream_ts(&e), Some(1700), "the event's ts, not the data's");
     }
 }
