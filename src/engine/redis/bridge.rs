@@ -18,18 +18,16 @@
 //! not touch client connections.
 
 use super::conn::{ConnState, Progress, RespConn, Target};
+use super::gather::{Gathers, parse_count};
 use super::io::{BTimer, Io, MAX_IN_FLIGHT, Want};
 use super::rooms::{JoinReq, NodeRooms};
 use super::scripts::{Channel, Keys, Scripts};
 use super::users::NodeUsers;
-use super::wire::{
-    as_array, as_int, as_str, bcast_payload, cluster_json, history_reply, members_answer,
-    parse_bcast,
-};
+use super::wire::{as_array, as_int, as_str, cluster_json, history_reply, members_answer};
 use super::{Handle, Settings, nodes};
-use crate::bus::{Bus, BusMsg, Outbox};
+use crate::bus::{Bus, Outbox};
 use crate::core::Shared;
-use crate::engine::{AggRef, Answer, Command, Event, ReplyTo, replies};
+use crate::engine::{Answer, Command, Event, ReplyTo, replies};
 use crate::proto::ErrorCode;
 use crate::timer::TimerWheel;
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -56,8 +54,6 @@ const HEARTBEAT_MS: u64 = 2000;
 pub const NODE_TTL_MS: u64 = 15_000;
 /// A probe not back on the pub/sub connection by then drops it, ms.
 const PROBE_TIMEOUT_MS: u64 = 3000;
-/// A broadcast's count from other nodes is awaited this long, ms.
-const GATHER_TIMEOUT_MS: u64 = 4000;
 /// A publish waiting for its batch: where its `ack` goes, and its tail.
 type PendingPublish = (Option<ReplyTo>, String);
 
@@ -68,27 +64,6 @@ const WHEEL_TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 512;
 /// Housekeeping period (rooms' linger and parked joins, typing), ms.
 const TICK_MS: u64 = 250;
-
-/// A broadcast's count being gathered by this bridge.
-#[derive(Debug)]
-struct Gather {
-    /// Where the total goes (for a broadcast this node started), or the
-    /// node and token to report to (for one from another node).
-    to: GatherTo,
-    /// Parts expected (nodes, or this node's cores); `None` until known.
-    expect: Option<u32>,
-    got: u32,
-    sum: u64,
-    started_ms: u64,
-}
-
-#[derive(Debug)]
-enum GatherTo {
-    /// The asking core on this node.
-    Core(AggRef),
-    /// Another node's gathering (node, its token).
-    Node(String, u64),
-}
 
 /// The bridge of one node.
 pub struct Bridge {
@@ -113,10 +88,9 @@ pub struct Bridge {
     rng: fastrand::Rng,
     rooms: NodeRooms,
     users: NodeUsers,
-    gathers: HashMap<u64, Gather>,
+    gathers: Gathers,
     /// Publishes taken in this iteration, sequenced together at its end.
     publishes: Vec<(Arc<str>, Option<ReplyTo>, String)>,
-    next_token: u64,
     /// The probe on the pub/sub connection: (number, sent at ms).
     probe: Option<(u64, u64)>,
     probe_n: u64,
@@ -156,9 +130,8 @@ pub fn spawn(
         rng: fastrand::Rng::new(),
         rooms: NodeRooms::new(cores),
         users: NodeUsers::new(cfg.grace_ms),
-        gathers: HashMap::new(),
+        gathers: Gathers::default(),
         publishes: Vec::new(),
-        next_token: 0,
         probe: None,
         probe_n: 0,
         stopping: false,
@@ -217,7 +190,7 @@ impl Bridge {
         info!("redis bridge stopped");
     }
 
-    fn io(&mut self, now_ms: u64) -> (Io<'_>, &mut NodeRooms, &mut NodeUsers) {
+    fn io(&mut self, now_ms: u64) -> (Io<'_>, &mut NodeRooms, &mut NodeUsers, &mut Gathers) {
         let sub_ready = self.sub.ready();
         (
             Io {
@@ -238,6 +211,7 @@ impl Bridge {
             },
             &mut self.rooms,
             &mut self.users,
+            &mut self.gathers,
         )
     }
 
@@ -301,7 +275,7 @@ impl Bridge {
             Progress::Ready => {
                 info!(node = self.keys.node(), "redis command connection ready");
                 self.update_health();
-                let (mut io, rooms, users) = self.io(now);
+                let (mut io, rooms, users, _) = self.io(now);
                 nodes::reconcile(&mut io, rooms, users);
                 rooms.on_cmd_back(&mut io);
                 // Registered at once: a node that dies right after its
@@ -370,23 +344,8 @@ impl Bridge {
             self.sub.reset(now, "probe lost");
             self.sub_lost("redis pub/sub connection: a probe did not come back");
         }
-        if self
-            .gathers
-            .values()
-            .any(|g| now.saturating_sub(g.started_ms) >= GATHER_TIMEOUT_MS)
-        {
-            let late: Vec<u64> = self
-                .gathers
-                .iter()
-                .filter(|(_, g)| now.saturating_sub(g.started_ms) >= GATHER_TIMEOUT_MS)
-                .map(|(&t, _)| t)
-                .collect();
-            for t in late {
-                if let Some(g) = self.gathers.remove(&t) {
-                    self.finish_gather(now, g);
-                }
-            }
-        }
+        let (mut io, _, _, gathers) = self.io(now);
+        gathers.expire(&mut io);
     }
 
     // ---- the pub/sub connection ----------------------------------------
@@ -405,7 +364,7 @@ impl Bridge {
                 self.subs
                     .push((true, self.keys.node_channel(self.keys.node())));
                 self.subs.push((true, self.keys.bcast()));
-                let (mut io, rooms, users) = self.io(now);
+                let (mut io, rooms, users, _) = self.io(now);
                 rooms.resubscribe(&mut io);
                 users.resubscribe(&mut io);
             }
@@ -425,7 +384,7 @@ impl Bridge {
         self.probe = None;
         self.subs.clear();
         let now = self.shared.now_ms();
-        let (mut io, rooms, _) = self.io(now);
+        let (mut io, rooms, _, _) = self.io(now);
         rooms.on_sub_lost(&mut io);
     }
 
@@ -454,7 +413,7 @@ impl Bridge {
             b"subscribe" => {
                 if let Channel::Room(room) = self.keys.classify(&channel) {
                     let room = room.to_string();
-                    let (mut io, rooms, _) = self.io(now);
+                    let (mut io, rooms, _, _) = self.io(now);
                     rooms.on_subscribed(&mut io, &room);
                 }
             }
@@ -466,7 +425,7 @@ impl Bridge {
         match self.keys.classify(channel) {
             Channel::Room(room) => {
                 let room = room.to_string();
-                let (mut io, rooms, users) = self.io(now);
+                let (mut io, rooms, users, _) = self.io(now);
                 if payload.first() == Some(&b'p') {
                     users.on_presence(&mut io, rooms, &payload[1..]);
                 } else {
@@ -475,7 +434,7 @@ impl Bridge {
             }
             Channel::User(user) => {
                 let user = user.to_string();
-                let (mut io, rooms, users) = self.io(now);
+                let (mut io, rooms, users, _) = self.io(now);
                 users.on_user_payload(&mut io, rooms, &user, payload);
             }
             Channel::Other => self.on_node_payload(now, payload),
@@ -494,77 +453,17 @@ impl Bridge {
                 }
             }
             Some(b'a') => {
-                let text = std::str::from_utf8(&payload[1..]).unwrap_or("");
-                let Some((token, n)) = text.split_once(',') else {
-                    return;
-                };
-                let (Ok(token), Ok(n)) = (token.parse::<u64>(), n.parse::<u64>()) else {
-                    return;
-                };
-                self.gather_part(now, token, n);
-            }
-            Some(b'b') => {
-                // b<len>,<origin node><token>,<json>
-                let Some((origin, token, json)) = parse_bcast(&payload[1..]) else {
-                    return;
-                };
-                let frame = crate::frame::text_frame(json);
-                self.next_token += 1;
-                let mine = self.next_token;
-                let cores = self.bus.cores();
-                self.gathers.insert(
-                    mine,
-                    Gather {
-                        to: GatherTo::Node(origin.to_string(), token),
-                        expect: Some(cores as u32),
-                        got: 0,
-                        sum: 0,
-                        started_ms: now,
-                    },
-                );
-                for c in 0..cores {
-                    let ev = Event::Broadcast {
-                        frame: frame.clone(),
-                        agg: crate::engine::Report::Bridge(mine),
-                    };
-                    self.outbox.push(c, BusMsg::Event(ev));
+                if let Some((token, n)) = parse_count(&payload[1..]) {
+                    let (mut io, _, _, gathers) = self.io(now);
+                    gathers.part(&mut io, token, n);
                 }
             }
+            Some(b'b') => {
+                let cores = self.bus.cores();
+                let (mut io, _, _, gathers) = self.io(now);
+                gathers.on_broadcast(&mut io, cores, &payload[1..]);
+            }
             _ => {}
-        }
-    }
-
-    fn gather_part(&mut self, now: u64, token: u64, n: u64) {
-        let done = match self.gathers.get_mut(&token) {
-            Some(g) => {
-                g.got += 1;
-                g.sum += n;
-                g.expect.is_some_and(|e| g.got >= e)
-            }
-            None => false,
-        };
-        if done && let Some(g) = self.gathers.remove(&token) {
-            self.finish_gather(now, g);
-        }
-    }
-
-    fn finish_gather(&mut self, now: u64, g: Gather) {
-        match g.to {
-            GatherTo::Core(agg) => {
-                let ev = Event::AggDone {
-                    token: agg.token,
-                    delivered: g.sum,
-                };
-                self.outbox.push(agg.core, BusMsg::Event(ev));
-            }
-            GatherTo::Node(node, token) => {
-                let cmd = redis::cmd("PUBLISH")
-                    .arg(self.keys.node_channel(&node))
-                    .arg(format!("a{token},{}", g.sum))
-                    .to_owned();
-                let (mut io, _, _) = self.io(now);
-                io.call(&cmd, Want::Ignore("count"));
-            }
         }
     }
 
@@ -607,7 +506,7 @@ impl Bridge {
             });
             groups[i].1.push((reply, tail));
         }
-        let (mut io, _, _) = self.io(now);
+        let (mut io, _, _, _) = self.io(now);
         let k = io.keys;
         let mut keys: Vec<String> = Vec::with_capacity(groups.len() * 3);
         for (room, _) in &groups {
@@ -639,7 +538,7 @@ impl Bridge {
             // Commands reach Redis in the order the cores sent them.
             self.send_publishes(now);
         }
-        let (mut io, rooms, users) = self.io(now);
+        let (mut io, rooms, users, gathers) = self.io(now);
         match cmd {
             Command::Join {
                 room,
@@ -722,29 +621,8 @@ impl Bridge {
             } => users.disconnect(&mut io, user, core, conn, &left),
             Command::UserRoom { user, room, joined } => users.room_changed(&user, &room, joined),
             Command::ToUser { user, frame, agg } => users.to_user(&mut io, &user, &frame, agg),
-            Command::Broadcast { frame, agg } => {
-                self.next_token += 1;
-                let token = self.next_token;
-                let json = crate::frame::payload(&frame);
-                let payload = bcast_payload(self.keys.node(), token, json);
-                self.gathers.insert(
-                    token,
-                    Gather {
-                        to: GatherTo::Core(agg),
-                        expect: None,
-                        got: 0,
-                        sum: 0,
-                        started_ms: now,
-                    },
-                );
-                let c = redis::cmd("PUBLISH")
-                    .arg(self.keys.bcast())
-                    .arg(payload)
-                    .to_owned();
-                let (mut io, _, _) = self.io(now);
-                io.call(&c, Want::Broadcast { token });
-            }
-            Command::Delivered { token, delivered } => self.gather_part(now, token, delivered),
+            Command::Broadcast { frame, agg } => gathers.broadcast(&mut io, &frame, agg),
+            Command::Delivered { token, delivered } => gathers.part(&mut io, token, delivered),
             Command::ClusterStats { agg } => {
                 let (nodes, stats) = io.keys.nodes();
                 let c = io.script(&io.scripts.cluster_stats, &[&nodes, &stats]);
@@ -766,7 +644,7 @@ impl Bridge {
             return self.cmd_lost(now, "redis command connection: NOSCRIPT");
         }
         let cutoff = crate::auth::unix_now_ms().saturating_sub(self.cfg.ttl_ms);
-        let (mut io, rooms, users) = self.io(now);
+        let (mut io, rooms, users, gathers) = self.io(now);
         match want {
             Want::Ignore(what) => {
                 if let Value::ServerError(e) = &v {
@@ -795,8 +673,7 @@ impl Bridge {
                         let Some(reply) = reply else { continue };
                         match (seq, ts) {
                             (Some(seq), Some(ts)) => {
-                                let (core, ev) =
-                                    replies::publish_ack(reply, &room, seq, epoch, ts);
+                                let (core, ev) = replies::publish_ack(reply, &room, seq, epoch, ts);
                                 rooms.publish_acked(&mut io, &room, seq, core, ev);
                             }
                             _ => {
@@ -843,16 +720,7 @@ impl Bridge {
             }
             Want::Broadcast { token } => {
                 let n = as_int(&v).unwrap_or(0).max(0) as u32;
-                let done = match self.gathers.get_mut(&token) {
-                    Some(g) => {
-                        g.expect = Some(n);
-                        g.got >= n
-                    }
-                    None => false,
-                };
-                if done && let Some(g) = self.gathers.remove(&token) {
-                    self.finish_gather(now, g);
-                }
+                gathers.expect(&mut io, token, n);
             }
             Want::Heartbeat => {
                 let a = as_array(&v).unwrap_or(&[]);
@@ -875,7 +743,7 @@ impl Bridge {
                         node = self.keys.node(),
                         "this node was reaped while alive; reconciling"
                     );
-                    let (mut io, rooms, users) = self.io(now);
+                    let (mut io, rooms, users, _) = self.io(now);
                     nodes::reconcile(&mut io, rooms, users);
                 }
                 self.registered = true;
@@ -903,7 +771,7 @@ impl Bridge {
 
     /// A command that could not be sent or was never answered.
     fn fail(&mut self, now: u64, want: Want) {
-        let (mut io, rooms, users) = self.io(now);
+        let (mut io, rooms, users, gathers) = self.io(now);
         let unavailable = "the cluster engine (Redis) is unreachable; retry later";
         match want {
             Want::Publish { items } => {
@@ -940,19 +808,7 @@ impl Bridge {
                     code: ErrorCode::Unavailable,
                 },
             ),
-            Want::Broadcast { token } => {
-                if let Some(g) = self.gathers.remove(&token)
-                    && let GatherTo::Core(agg) = g.to
-                {
-                    self.outbox.push(
-                        agg.core,
-                        BusMsg::Event(Event::AggFailed {
-                            token: agg.token,
-                            code: ErrorCode::Unavailable,
-                        }),
-                    );
-                }
-            }
+            Want::Broadcast { token } => gathers.failed(&mut io, token),
             Want::Position { room } | Want::Fill { room, .. } => rooms.retry_later(&room),
             Want::UserOffline { user, token, rooms } => users.offline_failed(user, token, rooms),
             Want::Probe => self.probe = None,
@@ -972,7 +828,7 @@ impl Bridge {
         for t in expired {
             match t {
                 BTimer::Tick => {
-                    let (mut io, rooms, _) = self.io(now);
+                    let (mut io, rooms, _, _) = self.io(now);
                     rooms.tick(&mut io);
                     io.timer(now + TICK_MS, BTimer::Tick);
                 }
@@ -981,7 +837,7 @@ impl Bridge {
                     self.wheel.insert(now + HEARTBEAT_MS, BTimer::Heartbeat);
                 }
                 BTimer::Grace { slot, generation } => {
-                    let (mut io, _, users) = self.io(now);
+                    let (mut io, _, users, _) = self.io(now);
                     users.grace_timer(&mut io, slot, generation);
                 }
             }
@@ -1008,7 +864,7 @@ impl Bridge {
         let probe = self.sub.ready() && self.probe.is_none();
         self.probe_n += 1;
         let probe_n = self.probe_n;
-        let (mut io, _, _) = self.io(now);
+        let (mut io, _, _, _) = self.io(now);
         let mut c = io.script(&io.scripts.heartbeat, &[&nodes, &stats_key]);
         c.arg(&node).arg(NODE_TTL_MS).arg(stats);
         io.call(&c, Want::Heartbeat);
@@ -1048,7 +904,7 @@ impl Bridge {
                 node = self.keys.node(),
                 "commands were dropped (Redis behind); reconciling"
             );
-            let (mut io, rooms, users) = self.io(now);
+            let (mut io, rooms, users, _) = self.io(now);
             nodes::reconcile(&mut io, rooms, users);
         }
         if let Progress::Failed(e) = self.sub.flush(now) {

@@ -36,7 +36,9 @@
 
 pub mod bridge;
 pub mod conn;
+pub mod gather;
 pub mod io;
+pub mod joins;
 pub mod nodes;
 pub mod rooms;
 pub mod scripts;

@@ -26,12 +26,12 @@
 //! to cores through [`Io`].
 
 use super::io::{Io, Want};
-use super::wire::{as_array, as_bytes, as_int, as_str, parse_except, parse_message, stream_entry};
-use crate::engine::{ConnRef, Event, replies};
+pub use super::joins::JoinReq;
+use super::joins::{Parked, refuse_join};
+use super::wire::{as_array, as_int, as_str, parse_except, parse_message, stream_entry};
+use crate::engine::{Event, replies};
 use crate::frame::text_frame;
-use crate::proto::command::{Id, Since};
-use crate::proto::event::{self, Event as Ev};
-use crate::proto::{ErrorCode, Status};
+use crate::proto::ErrorCode;
 use bytes::Bytes;
 use redis::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -59,43 +59,8 @@ const UNAVAILABLE: &str = "the cluster engine (Redis) is unreachable; retry late
 /// A local member of a room: user and display name.
 pub type Member = (Arc<str>, Option<Arc<str>>);
 
-/// A join in progress.
-#[derive(Debug)]
-pub struct JoinReq {
-    /// Core of the joining connection.
-    pub core: usize,
-    /// The connection.
-    pub conn: ConnRef,
-    /// Its user.
-    pub user: Arc<str>,
-    /// The user's display name.
-    pub name: Option<Arc<str>>,
-    /// Command id for the `ack`.
-    pub id: Option<Id>,
-    /// Recovery position.
-    pub since: Option<Since>,
-    /// Already a member.
-    pub rejoin: bool,
-    /// The user's status (kept in the room for `members`).
-    pub status: Status,
-    /// When the join arrived (monotonic ms), for its deadline.
-    pub at_ms: u64,
-}
-
-/// A join answered by Redis, waiting for the node's position to reach the
-/// seq the script saw.
-#[derive(Debug)]
-struct Parked {
-    req: JoinReq,
-    target: u64,
-    members: u64,
-    recovered: Option<bool>,
-    replay: Vec<Bytes>,
-    since_ms: u64,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sub {
+pub(super) enum Sub {
     /// Not subscribed.
     None,
     /// SUBSCRIBE sent, not confirmed.
@@ -106,7 +71,7 @@ enum Sub {
 
 /// The node's delivered position in a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Pos {
+pub(super) enum Pos {
     /// Not known yet (no join or position answered since subscribing).
     Unknown,
     /// Delivered up to `last` under `epoch`.
@@ -119,7 +84,7 @@ enum Pos {
 impl Pos {
     /// The epoch and position to tell Redis (`""` when unknown), so a Redis
     /// that is behind it renews the epoch.
-    fn seen(&self) -> (String, String) {
+    pub(super) fn seen(&self) -> (String, String) {
         match self {
             Pos::Known { epoch, last } | Pos::Stale { epoch, last } => {
                 (epoch.to_string(), last.to_string())
@@ -131,37 +96,37 @@ impl Pos {
 
 /// One room on this node.
 #[derive(Debug)]
-struct NodeRoom {
+pub(super) struct NodeRoom {
     /// Member connections per core, counted when their `ack` goes out.
-    cores: Vec<u32>,
+    pub(super) cores: Vec<u32>,
     /// Local member connections per user (counted when the join arrives)
     /// and the user's name.
-    users: HashMap<Arc<str>, (u32, Option<Arc<str>>)>,
-    sub: Sub,
-    pos: Pos,
+    pub(super) users: HashMap<Arc<str>, (u32, Option<Arc<str>>)>,
+    pub(super) sub: Sub,
+    pub(super) pos: Pos,
     /// A POSITION call is out.
-    fetching: bool,
+    pub(super) fetching: bool,
     /// Messages not deliverable yet, by seq: (epoch, frame).
-    buffer: BTreeMap<u64, (Arc<str>, Bytes)>,
+    pub(super) buffer: BTreeMap<u64, (Arc<str>, Bytes)>,
     /// An XRANGE for a gap is out.
-    filling: bool,
+    pub(super) filling: bool,
     /// Joins waiting for the subscription.
-    waiting: Vec<JoinReq>,
+    pub(super) waiting: Vec<JoinReq>,
     /// The node's position when each join script in flight was sent (in
     /// send order, which is reply order).
-    sent: VecDeque<u64>,
+    pub(super) sent: VecDeque<u64>,
     /// Messages delivered while joins are out, after the lowest position
     /// any of them may need (their replays may need them).
-    recent: VecDeque<(u64, Bytes)>,
+    pub(super) recent: VecDeque<(u64, Bytes)>,
     /// Answered joins waiting for the position to reach their target.
-    parked: VecDeque<Parked>,
+    pub(super) parked: VecDeque<Parked>,
     /// Publish acks held until the node delivered their seq (so a member
     /// who publishes gets its message before its ack, as in one node).
-    acks: VecDeque<(u64, usize, Event, u64)>,
+    pub(super) acks: VecDeque<(u64, usize, Event, u64)>,
     /// Local typists and when their typing ends (monotonic ms).
-    typing: HashMap<Arc<str>, u64>,
+    pub(super) typing: HashMap<Arc<str>, u64>,
     /// When the room stopped being needed (monotonic ms); 0 = needed.
-    idle_since: u64,
+    pub(super) idle_since: u64,
 }
 
 impl NodeRoom {
@@ -193,7 +158,7 @@ impl NodeRoom {
             || self.cores.iter().any(|&n| n > 0)
     }
 
-    fn interested(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(super) fn interested(&self) -> impl Iterator<Item = usize> + '_ {
         self.cores
             .iter()
             .enumerate()
@@ -202,7 +167,7 @@ impl NodeRoom {
     }
 
     /// Drops the kept messages no join in flight or parked can need.
-    fn trim_recent(&mut self) {
+    pub(super) fn trim_recent(&mut self) {
         let floor = self
             .sent
             .iter()
@@ -226,7 +191,7 @@ impl NodeRoom {
 /// The rooms of this node.
 #[derive(Debug, Default)]
 pub struct NodeRooms {
-    rooms: HashMap<Arc<str>, NodeRoom>,
+    pub(super) rooms: HashMap<Arc<str>, NodeRoom>,
     cores: usize,
 }
 
@@ -249,276 +214,15 @@ impl NodeRooms {
         self.rooms.is_empty()
     }
 
-    fn room(&mut self, room: &Arc<str>) -> &mut NodeRoom {
+    pub(super) fn room(&mut self, room: &Arc<str>) -> &mut NodeRoom {
         let cores = self.cores;
         self.rooms
             .entry(room.clone())
             .or_insert_with(|| NodeRoom::new(cores))
     }
 
-    fn name(&self, room: &str) -> Option<Arc<str>> {
+    pub(super) fn name(&self, room: &str) -> Option<Arc<str>> {
         self.rooms.get_key_value(room).map(|(k, _)| k.clone())
-    }
-
-    // ---- joining --------------------------------------------------------
-
-    /// A connection wants to join (or, `rejoin`, to hear the position).
-    pub fn join(&mut self, io: &mut Io<'_>, room: Arc<str>, req: JoinReq) {
-        if !io.cmd_ready() {
-            return refuse_join(io, room, req, ErrorCode::Unavailable, UNAVAILABLE);
-        }
-        let r = self.room(&room);
-        r.idle_since = 0;
-        if !req.rejoin {
-            let first_here = r.users.is_empty();
-            let u = r.users.entry(req.user.clone()).or_insert((0, None));
-            u.0 += 1;
-            if req.name.is_some() {
-                u.1 = req.name.clone();
-            }
-            if first_here {
-                let set = io.keys.node_set(io.keys.node(), "rooms");
-                io.call(
-                    redis::cmd("SADD").arg(set).arg(&*room),
-                    Want::Ignore("SADD"),
-                );
-            }
-        }
-        match r.sub {
-            Sub::Active => self.send_join(io, room, req),
-            Sub::Pending => r.waiting.push(req),
-            Sub::None => {
-                r.sub = Sub::Pending;
-                r.waiting.push(req);
-                io.subscribe(io.keys.room_channel(&room));
-            }
-        }
-    }
-
-    fn send_join(&mut self, io: &mut Io<'_>, room: Arc<str>, req: JoinReq) {
-        let r = self.room(&room);
-        let (since_epoch, since_seq) = match &req.since {
-            Some(s) => (s.epoch.as_str().to_string(), s.seq.to_string()),
-            None => (String::new(), String::new()),
-        };
-        let (seen_epoch, seen_last) = r.pos.seen();
-        let k = io.keys;
-        let mut cmd = io.script(
-            &io.scripts.join,
-            &[
-                &k.room(&room, "m"),
-                &k.room(&room, "h"),
-                &k.room(&room, "u"),
-                &k.room(&room, "nm"),
-                &k.room(&room, "st"),
-                &k.room_node(&room, k.node()),
-            ],
-        );
-        // Every join registers (the script's HSETNX makes a repeat
-        // harmless), so no ordering of joins can leave a member out.
-        cmd.arg(k.room_channel(&room))
-            .arg(io.new_epoch())
-            .arg(&*room)
-            .arg(&*req.user)
-            .arg(req.name.as_deref().unwrap_or(""))
-            .arg(if req.rejoin { "0" } else { "1" })
-            .arg(since_epoch)
-            .arg(since_seq)
-            .arg(io.cfg.ttl_ms)
-            .arg(io.cfg.idle_ms)
-            .arg(req.status.as_str())
-            .arg(seen_epoch)
-            .arg(seen_last);
-        let at = match r.pos {
-            Pos::Known { last, .. } => last,
-            _ => 0,
-        };
-        r.sent.push_back(at);
-        io.call(&cmd, Want::Join { room, req });
-    }
-
-    /// The subscription to a room's channel is confirmed.
-    pub fn on_subscribed(&mut self, io: &mut Io<'_>, room: &str) {
-        let Some(name) = self.name(room) else {
-            return;
-        };
-        let r = self.room(&name);
-        if r.sub == Sub::Active {
-            return;
-        }
-        r.sub = Sub::Active;
-        let waiting = std::mem::take(&mut r.waiting);
-        let joins = !waiting.is_empty();
-        for req in waiting {
-            self.send_join(io, name.clone(), req);
-        }
-        let r = self.room(&name);
-        if !joins && r.pos != Pos::Unknown {
-            // A resubscription after a lost connection: where is the room?
-            fetch_position(io, &name, r);
-        }
-    }
-
-    /// The join script answered `{epoch, seq, members, recovered, json...}`.
-    pub fn on_join_reply(&mut self, io: &mut Io<'_>, room: Arc<str>, req: JoinReq, v: Value) {
-        let Some(r) = self.rooms.get_mut(&room) else {
-            return refuse_join(io, room, req, ErrorCode::Internal, "room state lost");
-        };
-        r.sent.pop_front();
-        let parsed = as_array(&v).and_then(|a| {
-            let epoch: Arc<str> = as_str(a.first()?)?.into();
-            let seq = as_int(a.get(1)?)? as u64;
-            let members = as_int(a.get(2)?)? as u64;
-            let recovered = match as_int(a.get(3)?)? {
-                -1 => None,
-                n => Some(n == 1),
-            };
-            let mut replay = Vec::with_capacity(a.len().saturating_sub(4));
-            for j in &a[4..] {
-                replay.push(text_frame(as_bytes(j)?));
-            }
-            Some((epoch, seq, members, recovered, replay))
-        });
-        let Some((epoch, target, members, recovered, replay)) = parsed else {
-            warn!(room = %room, reply = ?v, "join script failed");
-            self.undo_join(io, &room, &req);
-            return refuse_join(
-                io,
-                room,
-                req,
-                ErrorCode::Unavailable,
-                "cluster engine error",
-            );
-        };
-        let parked = Parked {
-            req,
-            target,
-            members,
-            recovered,
-            replay,
-            since_ms: io.now_ms,
-        };
-        let r = self.room(&room);
-        if let Pos::Stale { epoch: e, last } = r.pos.clone() {
-            // The subscription was lost: what the node missed until the
-            // script's seq is read from the stream first.
-            r.pos = Pos::Known {
-                epoch: e.clone(),
-                last,
-            };
-            if e == epoch && last < target {
-                request_fill(io, &room, r, last + 1, target);
-            }
-        }
-        match r.pos.clone() {
-            Pos::Unknown => {
-                r.pos = Pos::Known {
-                    epoch: epoch.clone(),
-                    last: target,
-                };
-                self.ack(io, &room, parked, epoch);
-                self.drain(io, &room);
-            }
-            Pos::Known { epoch: e, last } if e == epoch => {
-                if last >= target {
-                    self.ack(io, &room, parked, epoch);
-                } else {
-                    r.parked.push_back(parked);
-                    self.drain(io, &room);
-                }
-            }
-            Pos::Known { .. } => {
-                // Redis has a new epoch for the room: its history was lost.
-                self.reset_epoch(io, &room, epoch.clone(), target);
-                self.ack(io, &room, parked, epoch);
-                self.drain(io, &room);
-            }
-            Pos::Stale { .. } => unreachable!("made Known above"),
-        }
-        self.room(&room).trim_recent();
-    }
-
-    /// Sends the `ack` of a join whose target the node has reached.
-    fn ack(&mut self, io: &mut Io<'_>, room: &Arc<str>, p: Parked, epoch: Arc<str>) {
-        let r = self.room(room);
-        let Pos::Known { last, .. } = r.pos else {
-            unreachable!("acked only at a known position")
-        };
-        let since = p.req.since.as_ref().map_or(0, |s| s.seq);
-        let mut replay: Vec<Bytes> = Vec::new();
-        if p.recovered == Some(true) {
-            replay.extend(p.replay);
-            // Delivered after the script ran, before this ack: the kept
-            // messages must cover them all, else the join tries again.
-            let from = p.target.max(since);
-            let kept: Vec<&(u64, Bytes)> = r
-                .recent
-                .iter()
-                .filter(|(s, _)| *s > from && *s <= last)
-                .collect();
-            if kept.len() as u64 != last - from.min(last) {
-                debug!(room = %room, "join replay not covered; refused for a retry");
-                let req = p.req;
-                self.undo_join(io, room, &req);
-                return refuse_join(io, room.clone(), req, ErrorCode::Unavailable, "busy; retry");
-            }
-            replay.extend(kept.into_iter().map(|(_, f)| f.clone()));
-        }
-        let mut ack = Ev::new("ack")
-            .id(p.req.id.as_ref())
-            .str("room", room)
-            .str("epoch", &epoch)
-            .num("seq", last)
-            .num("members", p.members);
-        if let Some(rec) = p.recovered {
-            ack = ack.bool("recovered", rec);
-        }
-        if !p.req.rejoin {
-            r.cores[p.req.core] += 1;
-        }
-        let ev = Event::JoinAck {
-            room: room.clone(),
-            conn: p.req.conn,
-            user: p.req.user,
-            replay,
-            frame: text_frame(ack.finish().as_bytes()),
-            rejoin: p.req.rejoin,
-            refused: false,
-        };
-        io.event(p.req.core, ev);
-    }
-
-    /// A join that will not complete: the local count is undone, and the
-    /// user's registration in Redis removed when it was its last here.
-    fn undo_join(&mut self, io: &mut Io<'_>, room: &Arc<str>, req: &JoinReq) {
-        if req.rejoin {
-            return;
-        }
-        let Some(r) = self.rooms.get_mut(room) else {
-            return;
-        };
-        let gone = match r.users.get_mut(&req.user) {
-            Some(u) => {
-                u.0 = u.0.saturating_sub(1);
-                u.0 == 0
-            }
-            None => false,
-        };
-        if gone {
-            r.users.remove(&req.user);
-            send_leave(io, room, &req.user);
-        }
-        self.maybe_idle(io, room);
-    }
-
-    /// Fails a join whose script never answered (the connection dropped).
-    pub fn join_failed(&mut self, io: &mut Io<'_>, room: Arc<str>, req: JoinReq) {
-        if let Some(r) = self.rooms.get_mut(&room) {
-            r.sent.pop_front();
-            r.trim_recent();
-        }
-        self.undo_join(io, &room, &req);
-        refuse_join(io, room, req, ErrorCode::Unavailable, UNAVAILABLE);
     }
 
     // ---- messages -------------------------------------------------------
@@ -658,7 +362,7 @@ impl NodeRooms {
     }
 
     /// Delivers what the buffer holds in order; asks the stream for a gap.
-    fn drain(&mut self, io: &mut Io<'_>, room: &Arc<str>) {
+    pub(super) fn drain(&mut self, io: &mut Io<'_>, room: &Arc<str>) {
         loop {
             let r = self.room(room);
             let Pos::Known { epoch, last } = r.pos.clone() else {
@@ -745,7 +449,13 @@ impl NodeRooms {
     /// Redis knows the room under a new epoch (its history was lost): the
     /// local members cannot continue their positions and recover with
     /// `since` (their `recovered: false` reports the loss).
-    fn reset_epoch(&mut self, io: &mut Io<'_>, room: &Arc<str>, epoch: Arc<str>, last: u64) {
+    pub(super) fn reset_epoch(
+        &mut self,
+        io: &mut Io<'_>,
+        room: &Arc<str>,
+        epoch: Arc<str>,
+        last: u64,
+    ) {
         warn!(room = %room, epoch = %epoch, "room has a new epoch in Redis (history lost)");
         self.evict(io, room);
         let r = self.room(room);
@@ -857,7 +567,7 @@ impl NodeRooms {
     }
 
     /// Starts the linger of a room nobody on this node needs any more.
-    fn maybe_idle(&mut self, io: &mut Io<'_>, room: &Arc<str>) {
+    pub(super) fn maybe_idle(&mut self, io: &mut Io<'_>, room: &Arc<str>) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
@@ -1039,7 +749,7 @@ fn deliver_all(io: &mut Io<'_>, room: &Arc<str>, r: &NodeRoom, frame: Bytes, at_
 }
 
 /// Reads `from..=to` of the room's stream, unless a read is out already.
-fn request_fill(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom, from: u64, to: u64) {
+pub(super) fn request_fill(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom, from: u64, to: u64) {
     if r.filling || from > to || !io.cmd_ready() {
         return;
     }
@@ -1053,7 +763,7 @@ fn request_fill(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom, from: u64, t
     io.call(&cmd, Want::Fill { room, from, to });
 }
 
-fn fetch_position(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom) {
+pub(super) fn fetch_position(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom) {
     if r.fetching || !io.cmd_ready() {
         return;
     }
@@ -1069,7 +779,7 @@ fn fetch_position(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom) {
 
 /// Removes this node's registration of `user` in `room` (`left` when it
 /// was the user's last node).
-fn send_leave(io: &mut Io<'_>, room: &str, user: &str) {
+pub(super) fn send_leave(io: &mut Io<'_>, room: &str, user: &str) {
     let k = io.keys;
     let mut cmd = io.script(
         &io.scripts.leave,
@@ -1086,22 +796,6 @@ fn send_leave(io: &mut Io<'_>, room: &str, user: &str) {
         .arg(user)
         .arg(io.cfg.idle_ms);
     io.call(&cmd, Want::Ignore("leave"));
-}
-
-/// Answers a join that will not happen: the error, framed, as a refused
-/// `JoinAck` (the connection reads on and stays out of the room).
-fn refuse_join(io: &mut Io<'_>, room: Arc<str>, req: JoinReq, code: ErrorCode, msg: &str) {
-    let err = event::error(req.id.as_ref(), code, msg);
-    let ev = Event::JoinAck {
-        room,
-        conn: req.conn,
-        user: req.user,
-        replay: Vec::new(),
-        frame: text_frame(err.as_bytes()),
-        rejoin: req.rejoin,
-        refused: true,
-    };
-    io.event(req.core, ev);
 }
 
 fn publish_typing(io: &mut Io<'_>, room: &str, user: &str, typing: bool) {
