@@ -6,7 +6,10 @@
 #   REPS=1 DURATION=3 scripts/bench_cluster.sh
 #
 # Environment: REPS (3), DURATION (5 s measured), WARMUP (1 s), CORES (core
-# loops per node, 2), REDIS_PORT (6391), BASE_PORT (18501), OUT.
+# loops per node, 2), REDIS_PORT (6391), BASE_PORT (18501), OUT, CASES
+# (names to run, default all), NODE_BIN (the node binary, for A/B runs of
+# two builds; default target/release/corecast), TLS=1 (nodes reach Redis over rediss://, a
+# CA and certificate made with openssl; Redis's TLS port is REDIS_PORT+1).
 #
 # Redis, two nodes and the load generator share this machine's CPUs
 # (nothing is pinned: with 2 CPUs there is no placement that gives each its
@@ -23,12 +26,32 @@ CORES=${CORES:-2}
 REDIS_PORT=${REDIS_PORT:-6391}
 BASE_PORT=${BASE_PORT:-18501}
 OUT=${OUT:-docs/BENCHMARKS-cluster.md}
+CASES=${CASES:-}
+TLS=${TLS:-0}
 RAW=target/bench-cluster
 LOAD=target/release/corecast-load
+NODE_BIN=${NODE_BIN:-target/release/corecast}
 
 echo "== building (release)"
 cargo build --release --bins
 rm -rf "$RAW" && mkdir -p "$RAW"
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+REDIS_TLS=()
+NODE_TLS=()
+if [ "$TLS" = 1 ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \
+        -keyout "$RAW/ca.key" -out "$RAW/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+        -keyout "$RAW/redis.key" -out "$RAW/redis.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' >"$RAW/san.ext"
+    openssl x509 -req -in "$RAW/redis.csr" -CA "$RAW/ca.pem" -CAkey "$RAW/ca.key" \
+        -CAcreateserial -days 2 -extfile "$RAW/san.ext" -out "$RAW/redis.pem" 2>/dev/null
+    REDIS_TLS=(--tls-port "$((REDIS_PORT + 1))" --tls-cert-file "$PWD/$RAW/redis.pem"
+        --tls-key-file "$PWD/$RAW/redis.key" --tls-ca-cert-file "$PWD/$RAW/ca.pem"
+        --tls-auth-clients no)
+    REDIS_URL="rediss://127.0.0.1:$((REDIS_PORT + 1))"
+    NODE_TLS=(CORECAST_CLUSTER__TLS_CA="$RAW/ca.pem")
+fi
 
 PIDS=()
 cleanup() {
@@ -41,18 +64,18 @@ trap cleanup EXIT
 
 start_cluster() {
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-        --dir "$RAW" --logfile "$PWD/$RAW/redis.log" &
+        --dir "$RAW" --logfile "$PWD/$RAW/redis.log" "${REDIS_TLS[@]}" &
     REDIS_PID=$!
     PIDS=("$REDIS_PID")
     for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
     NODE_PIDS=()
     for i in 1 2; do
-        CORECAST_LISTEN="127.0.0.1:$((BASE_PORT + i - 1))" \
-            CORECAST_CLUSTER__REDIS="redis://127.0.0.1:$REDIS_PORT" \
+        env "${NODE_TLS[@]}" CORECAST_LISTEN="127.0.0.1:$((BASE_PORT + i - 1))" \
+            CORECAST_CLUSTER__REDIS="$REDIS_URL" \
             CORECAST_CLUSTER__NODE="bench$i" CORECAST_CORES="$CORES" CORECAST_PIN=false \
             CORECAST_LIMITS__RATE_PER_SEC=1000000000 CORECAST_LIMITS__RATE_BURST=1000000000 \
             CORECAST_LIMITS__MAX_ROOMS=1000 CORECAST_LOG=warn \
-            target/release/corecast 2>>"$RAW/node$i.log" &
+            "$NODE_BIN" 2>>"$RAW/node$i.log" &
         NODE_PIDS+=($!)
         PIDS+=($!)
     done
@@ -96,6 +119,7 @@ EOF
 D=(--duration "$DURATION" --warmup "$WARMUP" --size 100)
 case_() {
     local name=$1; shift
+    if [ -n "$CASES" ] && [[ " $CASES " != *" $name "* ]]; then return; fi
     echo "== $name: corecast-load $*"
     echo "$*" >"$RAW/$name.args"
     for rep in $(seq "$REPS"); do run "$name" "$rep" "$@"; done
@@ -116,5 +140,5 @@ case_ cross-10x1-10000 fanout --addr "$N2" --pub-addr "$N1" --rooms 10 --members
 case_ fanout-1x1000 fanout --addr "$N1,$N2" --rooms 1 --members 1000 --publishers 4 --inflight 8 "${D[@]}"
 
 echo "== writing $OUT"
-python3 scripts/bench_cluster_report.py "$RAW" "$OUT" "REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP CORES=$CORES"
+python3 scripts/bench_cluster_report.py "$RAW" "$OUT" "REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP CORES=$CORES TLS=$TLS"
 echo "done: $OUT"

@@ -121,6 +121,17 @@ pub struct ClusterConfig {
     /// Prefix of every key and channel in Redis.
     #[serde(deserialize_with = "lenient_string")]
     pub prefix: String,
+    /// `rediss://`: PEM file of the CA(s) that signed Redis's certificate;
+    /// none = the system's trust store.
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub tls_ca: Option<String>,
+    /// `rediss://`: PEM file of this node's client certificate chain, for
+    /// a Redis that requires one (`tls-auth-clients yes`, its default).
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub tls_cert: Option<String>,
+    /// `rediss://`: PEM file of the client certificate's private key.
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub tls_key: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -131,6 +142,9 @@ impl Default for ClusterConfig {
             master: None,
             node: None,
             prefix: DEFAULT_CLUSTER_PREFIX.to_string(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -581,14 +595,22 @@ impl Config {
         for url in &c.redis {
             match crate::engine::redis::conn::Target::parse(url) {
                 Err(e) => return err(format!("cluster.redis: {e}")),
-                Ok(t) if t.tls => {
-                    return err(
-                        "cluster.redis: rediss:// (TLS to Redis) is not supported yet; use redis://"
-                            .into(),
-                    );
+                Ok(t) if !t.tls => {
+                    let set = [("tls_ca", &c.tls_ca), ("tls_cert", &c.tls_cert)]
+                        .into_iter()
+                        .chain([("tls_key", &c.tls_key)])
+                        .find(|(_, v)| v.is_some());
+                    if let Some((key, _)) = set {
+                        return err(format!(
+                            "cluster.{key}: set, but {url:?} is not rediss:// (TLS)"
+                        ));
+                    }
                 }
                 Ok(_) => {}
             }
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return err("cluster.tls_cert and cluster.tls_key go together".into());
         }
         Ok(())
     }
@@ -830,7 +852,8 @@ mod tests {
         assert_eq!(plain.node_name(bound), None, "no [cluster]: one node");
         for (k, v, key) in [
             ("CORECAST_CLUSTER__REDIS", "http://x", "cluster.redis"),
-            ("CORECAST_CLUSTER__REDIS", "rediss://127.0.0.1:6380", "TLS"),
+            ("CORECAST_CLUSTER__REDIS", "rediss://127.0.0.1:6380#x", "#x"),
+            ("CORECAST_CLUSTER__TLS_CA", "/ca.pem", "cluster.tls_ca"),
             ("CORECAST_CLUSTER__PREFIX", "a b", "cluster.prefix"),
             ("CORECAST_CLUSTER__NODE", "n{1}", "cluster.node"),
         ] {
@@ -851,6 +874,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("cluster.mode"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("CORECAST_CLUSTER__REDIS", "rediss://127.0.0.1:6390"),
+                ("CORECAST_CLUSTER__TLS_CERT", "/client.pem"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("go together"), "{e}");
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "CORECAST_CLUSTER__REDIS",
+                    "rediss://127.0.0.1:6390#insecure",
+                ),
+                ("CORECAST_CLUSTER__TLS_CERT", "/client.pem"),
+                ("CORECAST_CLUSTER__TLS_KEY", "/client.key"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let t = crate::engine::redis::conn::Target::parse(&c.cluster.redis[0]).unwrap();
+        assert!(t.tls && t.insecure);
     }
 
     #[test]

@@ -31,7 +31,7 @@
 //!   [`engine::redis`]).
 //! - [`frame`], [`timer`], [`bus`]: framing, the timer wheel, cross-core
 //!   messages.
-//! - [`auth`], [`config`]: JWT and configuration.
+//! - [`auth`], [`config`], [`tls`]: JWT, configuration, TLS setups.
 //!
 //! See `docs/ARCHITECTURE.md` for the data path and the reasons behind each
 //! hot-path choice.
@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod timer;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Server, ShutdownHandle};

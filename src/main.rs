@@ -22,7 +22,8 @@ use tracing::{info, warn};
 /// Several nodes: CORECAST_CLUSTER__REDIS=redis://HOST:PORT/DB (or
 /// [cluster] redis in --config) makes this server a node of a cluster
 /// through that Redis; CORECAST_CLUSTER__NODE names it (default: its listen
-/// address). An ack then means the message is in Redis memory.
+/// address). An ack then means the message is in Redis memory. rediss://
+/// speaks TLS (CORECAST_CLUSTER__TLS_CA, __TLS_CERT, __TLS_KEY: PEM files).
 #[derive(Parser, Debug)]
 #[command(name = "corecast", version, about, long_about)]
 struct Cli {

@@ -131,6 +131,20 @@ impl Server {
             c if c.enabled() => {
                 let target = crate::engine::redis::conn::Target::parse(&c.redis[0])
                     .map_err(|e| StartError::Config(ConfigError(format!("cluster.redis: {e}"))))?;
+                let tls = match target.tls {
+                    false => None,
+                    true => Some(
+                        crate::tls::client_config(&crate::tls::ClientFiles {
+                            ca: c.tls_ca.clone(),
+                            cert: c.tls_cert.clone(),
+                            key: c.tls_key.clone(),
+                            insecure: target.insecure,
+                        })
+                        .map_err(|e| {
+                            StartError::Config(ConfigError(format!("cluster (rediss://): {e}")))
+                        })?,
+                    ),
+                };
                 let h = &shared.config.history;
                 let ttl_ms = h.ttl.saturating_mul(1000);
                 let settings = crate::engine::redis::Settings {
@@ -141,11 +155,12 @@ impl Server {
                     max_history: crate::proto::command::HISTORY_LIMIT.1,
                 };
                 let node = shared.node.clone().expect("a node name in cluster mode");
-                info!(node = %node, redis = %format!("{}:{}", target.host, target.port), "cluster mode: joining through Redis");
+                info!(node = %node, redis = %format!("{}:{}", target.host, target.port), tls = target.tls, "cluster mode: joining through Redis");
                 Some(crate::engine::redis::bridge::spawn(
                     shared.clone(),
                     bus.clone(),
                     target,
+                    tls,
                     &node,
                     &c.prefix,
                     settings,

@@ -84,7 +84,9 @@ fn read_until_end(c: &mut Client, progress: &AtomicU64) -> u64 {
                 }
                 assert_eq!(v["data"].as_str().map(str::len), Some(DATA_LEN));
             }
-            Some("joined" | "left") => {}
+            // A stuck member closed with 4009 leaves, and goes offline
+            // once the presence grace passed (on a slow run, mid-test).
+            Some("joined" | "left" | "presence") => {}
             _ => panic!("reading member got {v}"),
         }
     }

@@ -103,6 +103,7 @@ pub fn spawn(
     shared: Arc<Shared>,
     bus: Bus,
     target: Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
     node: &str,
     prefix: &str,
     cfg: Settings,
@@ -119,8 +120,8 @@ pub fn spawn(
         rx,
         keys: Keys::new(prefix, node),
         scripts: Scripts::default(),
-        cmd: RespConn::new("command", target.clone(), CMD),
-        sub: RespConn::new("pub/sub", target, SUB),
+        cmd: RespConn::new("command", target.clone(), tls.clone(), CMD),
+        sub: RespConn::new("pub/sub", target, tls, SUB),
         fifo: VecDeque::new(),
         failed: Vec::new(),
         dropped: false,
@@ -309,7 +310,9 @@ impl Bridge {
 
     /// The command connection is gone: every waiting command fails.
     fn cmd_lost(&mut self, now: u64, why: &str) {
-        if !self.fifo.is_empty() || self.cmd.connects > 0 {
+        // Each new reason is a warning; the same one again, every backoff,
+        // is not.
+        if !self.fifo.is_empty() || !self.cmd.repeated {
             warn!(node = self.keys.node(), waiting = self.fifo.len(), "{why}");
         } else {
             debug!("{why}");
@@ -375,7 +378,7 @@ impl Bridge {
     }
 
     fn sub_lost(&mut self, why: &str) {
-        if self.sub.connects > 0 {
+        if !self.sub.repeated {
             warn!(node = self.keys.node(), "{why}");
         } else {
             debug!("{why}");

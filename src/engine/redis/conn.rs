@@ -5,12 +5,17 @@
 //! (its `Parser` resumes across `WouldBlock`); the socket is ours, on mio,
 //! so one bridge thread holds the command and pub/sub connections without
 //! blocking on either, pipelines without waiting, and subscribes while
-//! messages keep arriving. This module must not interpret replies.
+//! messages keep arriving. With `rediss://` the bytes go through rustls
+//! over the same non-blocking socket ([`Stream`]). This module must not
+//! interpret replies.
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use std::io::{self, Read, Write};
 use std::net::ToSocketAddrs;
+use std::sync::Arc;
 
 /// Where and how to reach Redis, from a `redis://` or `rediss://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +83,10 @@ impl Target {
 pub struct RespConn {
     name: &'static str,
     target: Target,
+    /// The TLS configuration (`rediss://`).
+    tls: Option<Arc<ClientConfig>>,
     token: Token,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     state: ConnState,
     out: Vec<u8>,
     written: usize,
@@ -101,6 +108,10 @@ pub struct RespConn {
     pub more: bool,
     /// Which of the resolved addresses the next attempt uses.
     next_addr: usize,
+    /// Why the last attempt failed, while none succeeded since.
+    last_failure: Option<String>,
+    /// The last failure said what the one before it said (log it quietly).
+    pub repeated: bool,
 }
 
 /// Where a [`RespConn`] is in its life.
@@ -138,9 +149,124 @@ const MAX_VALUES_PER_EVENT: usize = 8192;
 /// compacted (under steady backpressure it would otherwise only grow).
 const COMPACT_AFTER: usize = 256 * 1024;
 
+/// The socket under a connection: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+/// A TLS client session over a non-blocking socket. Plaintext written is
+/// taken whole into the session (its buffer limit is off: the bridge
+/// bounds what it has in flight) and records go out as the socket takes
+/// them; commands written during the handshake wait in the session until
+/// it completes.
+struct TlsStream {
+    tcp: TcpStream,
+    tls: rustls::ClientConnection,
+}
+
+impl Stream {
+    /// Whether TLS records wait for the socket.
+    fn wants_write(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(t) => t.tls.wants_write(),
+        }
+    }
+}
+
+/// Whether an error only means "not now" on a non-blocking socket (still
+/// connecting counts: the writable event comes once connected).
+fn not_now(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+    )
+}
+
+impl TlsStream {
+    /// Writes pending TLS records until done or the socket is full.
+    fn write_tls(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.tcp) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            if self.tls.read_tls(&mut self.tcp)? == 0 {
+                return Ok(0);
+            }
+            if let Err(e) = self.tls.process_new_packets() {
+                let _ = self.write_tls(); // the alert, if it goes
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TLS: {e}"),
+                ));
+            }
+            // Handshake messages, and what waited for the handshake.
+            match self.write_tls() {
+                Err(e) if !not_now(&e) => return Err(e),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.tls.writer().write(buf)?;
+        match self.write_tls() {
+            Err(e) if !not_now(&e) => Err(e),
+            _ => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_tls()
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 /// A reader that notes why it stopped (the parser only says "error").
 struct Reader<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut Stream,
     would_block: bool,
     bytes: u64,
 }
@@ -166,11 +292,18 @@ impl Read for Reader<'_> {
 }
 
 impl RespConn {
-    /// A connection (not yet started) to `target`, registered as `token`.
-    pub fn new(name: &'static str, target: Target, token: Token) -> RespConn {
+    /// A connection (not yet started) to `target`, registered as `token`;
+    /// `tls` is the configuration for `rediss://` targets.
+    pub fn new(
+        name: &'static str,
+        target: Target,
+        tls: Option<Arc<ClientConfig>>,
+        token: Token,
+    ) -> RespConn {
         RespConn {
             name,
             target,
+            tls,
             token,
             stream: None,
             state: ConnState::Down,
@@ -185,6 +318,8 @@ impl RespConn {
             connects: 0,
             more: false,
             next_addr: 0,
+            last_failure: None,
+            repeated: false,
         }
     }
 
@@ -234,12 +369,23 @@ impl RespConn {
         // IPv4 address, of which Redis listens on one).
         let addr = addrs[self.next_addr % addrs.len()];
         self.next_addr = self.next_addr.wrapping_add(1);
-        if self.target.tls {
-            return self.fail(
-                now_ms,
-                "rediss:// (TLS to Redis) is not built yet; use redis://".into(),
-            );
-        }
+        let tls = match (&self.tls, self.target.tls) {
+            (Some(config), true) => {
+                let name = match ServerName::try_from(self.target.host.clone()) {
+                    Ok(n) => n,
+                    Err(e) => return self.fail(now_ms, format!("TLS server name: {e}")),
+                };
+                match rustls::ClientConnection::new(config.clone(), name) {
+                    Ok(mut c) => {
+                        c.set_buffer_limit(None);
+                        Some(c)
+                    }
+                    Err(e) => return self.fail(now_ms, format!("TLS: {e}")),
+                }
+            }
+            (None, true) => return self.fail(now_ms, "rediss:// without a TLS setup".into()),
+            (_, false) => None,
+        };
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => return self.fail(now_ms, format!("connect {addr}: {e}")),
@@ -252,7 +398,10 @@ impl RespConn {
         ) {
             return self.fail(now_ms, format!("register: {e}"));
         }
-        self.stream = Some(stream);
+        self.stream = Some(match tls {
+            None => Stream::Plain(stream),
+            Some(tls) => Stream::Tls(Box::new(TlsStream { tcp: stream, tls })),
+        });
         self.state = ConnState::Connecting;
         self.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
         self.parser = redis::Parser::new();
@@ -295,6 +444,10 @@ impl RespConn {
         self.backoff_ms = (self.backoff_ms * 2).min(MAX_BACKOFF_MS);
         self.out.clear();
         self.written = 0;
+        // Ports differ between attempts; the reason without them repeats.
+        let gist: String = why.chars().filter(|c| !c.is_ascii_digit()).collect();
+        self.repeated = self.last_failure.as_deref() == Some(gist.as_str());
+        self.last_failure = Some(gist);
         Progress::Failed(format!("redis {} connection: {why}", self.name))
     }
 
@@ -321,7 +474,7 @@ impl RespConn {
 
     /// Whether bytes wait to be written.
     pub fn pending_out(&self) -> bool {
-        self.written < self.out.len()
+        self.written < self.out.len() || self.stream.as_ref().is_some_and(Stream::wants_write)
     }
 
     /// Writes what is queued, until done or the socket is full.
@@ -345,7 +498,13 @@ impl RespConn {
         }
         self.out.clear();
         self.written = 0;
-        Progress::Same
+        // TLS records the socket did not take yet.
+        match stream.flush() {
+            Err(e) if !not_now(&e) && e.kind() != io::ErrorKind::Interrupted => {
+                self.fail(now_ms, format!("write: {e}"))
+            }
+            _ => Progress::Same,
+        }
     }
 
     /// Drops the written front of the out buffer once it is large.
@@ -391,6 +550,7 @@ impl RespConn {
                         if self.handshake == 0 {
                             self.state = ConnState::Ready;
                             self.backoff_ms = MIN_BACKOFF_MS;
+                            self.last_failure = None;
                             self.connects += 1;
                             progress = Progress::Ready;
                         }
