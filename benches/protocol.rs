@@ -125,7 +125,7 @@ fn corecast_parse(parser: &mut CommandParser, frame: &[u8], out: &mut Vec<u8>) -
     parser.parse(frame, |id, cmd| {
         usize::from(id.is_some())
             + match cmd {
-                Ok(Command::Publish { room, data }) => {
+                Ok(Command::Publish { room, data, .. }) => {
                     out.clear();
                     data.write_json(out);
                     room.len() + out.len()
@@ -145,7 +145,7 @@ fn corecast_parse_no_reencode(parser: &mut CommandParser, frame: &[u8]) -> usize
     parser.parse(frame, |id, cmd| {
         usize::from(id.is_some())
             + match cmd {
-                Ok(Command::Publish { room, data }) => {
+                Ok(Command::Publish { room, data, .. }) => {
                     black_box(data);
                     room.len()
                 }

@@ -128,6 +128,8 @@ case_() {
 # Publishes with history through one Redis, flat out: 100 rooms, 100
 # publishers (each a member of its room) spread over both nodes.
 case_ publish-flat fanout --addr "$N1,$N2" --rooms 100 --members 0 --publishers 100 --inflight 8 "${D[@]}"
+# The same with an idempotency key on every publish (as the JS client sends).
+case_ publish-flat-keys fanout --addr "$N1,$N2" --rooms 100 --members 0 --publishers 100 --inflight 8 --keys "${D[@]}"
 # Cross-node publish→delivery latency at fixed rates: publishers on node 1,
 # members on node 2 (10 rooms; 10 members, or 1).
 for rate in 1000 5000 10000; do

@@ -14,6 +14,7 @@ def fmt(x, d=0):
     return "—" if x is None else (f"{x:,.{d}f}" if d else f"{x:,.0f}")
 cases = [
     ("publish-flat", "publishes with history, flat out: 100 rooms × 100 publishers (members of their rooms) over 2 nodes"),
+    ("publish-flat-keys", "the same, every publish with an idempotency key (as the JavaScript client sends)"),
     ("cross-10x10-1000", "cross-node, 10 rooms × 10 members on node 2, publishers on node 1, 1 000 publishes/s"),
     ("cross-10x10-5000", "the same at 5 000 publishes/s"),
     ("cross-10x10-10000", "the same at 10 000 publishes/s"),

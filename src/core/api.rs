@@ -151,6 +151,18 @@ impl Core {
         if !crate::proto::valid_room(room) {
             return self.http_error(key, 400, "invalid_room", "invalid room name");
         }
+        let idem = match v.get("key") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) if crate::proto::command::valid_key(k) => Some(Arc::from(&**k)),
+            Some(_) => {
+                return self.http_error(
+                    key,
+                    400,
+                    "bad_json",
+                    "`key` must be a string of 1-64 bytes",
+                );
+            }
+        };
         let Some(data) = self.api_data(key, v) else {
             return;
         };
@@ -163,7 +175,12 @@ impl Core {
             id: None,
             http: true,
         });
-        self.submit(Command::Publish { room, reply, tail });
+        self.submit(Command::Publish {
+            room,
+            reply,
+            tail,
+            key: idem,
+        });
     }
 
     fn api_notify(&mut self, key: usize, conn: ConnRef, v: &Value) {

@@ -514,9 +514,19 @@ impl Core {
                         limit,
                     });
                 }
-                Output::Publish { room, id, tail } => {
+                Output::Publish {
+                    room,
+                    id,
+                    tail,
+                    key,
+                } => {
                     let reply = Some(reply_to(id));
-                    self.submit(Command::Publish { room, reply, tail });
+                    self.submit(Command::Publish {
+                        room,
+                        reply,
+                        tail,
+                        key,
+                    });
                 }
             }
         }

@@ -122,6 +122,10 @@ pub enum Command {
         reply: Option<ReplyTo>,
         /// The sender's part of the event (`"from"` and `"data"`).
         tail: String,
+        /// Idempotency key: a key already used in the room within its
+        /// dedupe window is not published again (the ack repeats the
+        /// first seq and ts, with `"duplicate": true`).
+        key: Option<Arc<str>>,
     },
     /// A page of a room's history.
     History {

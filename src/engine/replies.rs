@@ -46,14 +46,24 @@ pub fn history_head(out: &mut String, id: Option<&Id>, room: &str) {
 }
 
 /// The answer to a publish: an `ack`, or the HTTP body of `/api/publish`.
-pub fn publish_ack(reply: ReplyTo, room: &str, seq: u64, epoch: &str, ts: u64) -> (usize, Event) {
+pub fn publish_ack(
+    reply: ReplyTo,
+    room: &str,
+    seq: u64,
+    epoch: &str,
+    ts: u64,
+    duplicate: bool,
+) -> (usize, Event) {
     if reply.http {
-        let body = Ev::object()
+        let mut body = Ev::object()
             .str("room", room)
             .num("seq", seq)
             .str("epoch", epoch)
-            .num("ts", ts)
-            .finish();
+            .num("ts", ts);
+        if duplicate {
+            body = body.bool("duplicate", true);
+        }
+        let body = body.finish();
         let ev = Event::HttpReply {
             conn: reply.conn,
             status: 200,
@@ -61,12 +71,15 @@ pub fn publish_ack(reply: ReplyTo, room: &str, seq: u64, epoch: &str, ts: u64) -
         };
         return (reply.core, ev);
     }
-    let ack = Ev::new("ack")
+    let mut ack = Ev::new("ack")
         .id(reply.id.as_ref())
         .str("room", room)
         .num("seq", seq)
-        .num("ts", ts)
-        .finish();
+        .num("ts", ts);
+    if duplicate {
+        ack = ack.bool("duplicate", true);
+    }
+    let ack = ack.finish();
     (reply.core, self::reply(reply.conn, &ack))
 }
 

@@ -95,6 +95,10 @@ struct Args {
     /// --addr (e.g. one cluster node, members on the others).
     #[arg(long)]
     pub_addr: Option<String>,
+    /// Fan-out: every publish carries a unique idempotency `key` (what
+    /// the JavaScript client does), to measure the cost of remembering them.
+    #[arg(long)]
+    keys: bool,
     /// PID of the server, for CPU time and memory figures; several,
     /// comma-separated, add up their CPU time (cluster nodes and Redis).
     #[arg(long, value_delimiter = ',')]
@@ -179,7 +183,7 @@ fn args_json(a: &Args) -> serde_json::Value {
         "scenario": format!("{:?}", a.scenario).to_lowercase(),
         "addr": a.addr, "threads": a.threads, "procs": a.procs,
         "duration": a.duration, "warmup": a.warmup, "conns": a.conns,
-        "size": a.size, "inflight": a.inflight, "rooms": a.rooms,
+        "size": a.size, "inflight": a.inflight, "rooms": a.rooms, "keys": a.keys,
         "members": a.members, "publishers": a.publishers, "rate": a.rate,
         "missed": a.missed,
     })
@@ -239,6 +243,7 @@ fn plans(a: &Args, addrs: &[(SocketAddr, String)], shard: usize, procs: usize) -
                 size: a.size,
                 inflight: a.inflight.max(1),
                 rate_per_publisher,
+                keys: a.keys,
                 rooms: a.rooms,
                 offset: w * 7919,
             }

@@ -106,6 +106,8 @@ pub struct Plan {
     pub inflight: usize,
     /// Fan-out: messages per second per publisher (0 = flat out).
     pub rate_per_publisher: f64,
+    /// Fan-out: every publish carries a unique idempotency key.
+    pub keys: bool,
     /// Number of rooms (fan-out).
     pub rooms: usize,
     /// Connection index offset (source address spreading).
@@ -930,8 +932,19 @@ impl Worker {
         self.shared.unacked.fetch_add(1, Ordering::SeqCst);
         // The id is the send time: the ack carries it back (publish→ack).
         let now = now_us();
+        let idem = if self.plan.keys {
+            // Unique over processes, workers, connections and sends.
+            format!(
+                ",\"key\":\"{}-{}-{key}-{}\"",
+                std::process::id(),
+                self.plan.offset,
+                c.sent
+            )
+        } else {
+            String::new()
+        };
         let msg = format!(
-            "{{\"type\":\"publish\",\"id\":{now},\"room\":\"bench-{room}\",\"data\":{{\"t\":{now},\"pad\":\"{}\"}}}}",
+            "{{\"type\":\"publish\",\"id\":{now},\"room\":\"bench-{room}\"{idem},\"data\":{{\"t\":{now},\"pad\":\"{}\"}}}}",
             self.payload_pad
         );
         self.send(key, msg);

@@ -21,6 +21,8 @@ use std::borrow::Cow;
 pub const MAX_DEPTH: usize = 64;
 /// Longest string `id`, bytes.
 pub const MAX_ID_LEN: usize = 128;
+/// Longest idempotency `key` of a `publish`, bytes.
+pub const MAX_KEY_LEN: usize = 64;
 /// Default and largest `limit` of a `history` command.
 pub const HISTORY_LIMIT: (u64, u64) = (50, 500);
 
@@ -120,6 +122,8 @@ pub enum Command<'t, 'a> {
         room: &'a str,
         /// Payload.
         data: Data<'t, 'a>,
+        /// Idempotency key (1..=[`MAX_KEY_LEN`] bytes).
+        key: Option<&'a str>,
     },
     /// `typing`
     Typing {
@@ -314,6 +318,24 @@ fn req_str<'a>(obj: &Object<'_, 'a>, field: &'static str) -> Result<&'a str, Com
     v.into_string().ok_or_else(|| wrong_type(field, "a string"))
 }
 
+/// The optional idempotency `key` of a `publish`: a string of
+/// 1..=[`MAX_KEY_LEN`] bytes.
+fn opt_key<'a>(obj: &Object<'_, 'a>) -> Result<Option<&'a str>, CommandError> {
+    match obj.get("key") {
+        None => Ok(None),
+        Some(v) if v.is_null() => Ok(None),
+        Some(v) => match v.into_string() {
+            Some(k) if valid_key(k) => Ok(Some(k)),
+            _ => Err(wrong_type("key", "a string of 1-64 bytes")),
+        },
+    }
+}
+
+/// Whether `k` may be an idempotency key (1..=[`MAX_KEY_LEN`] bytes).
+pub fn valid_key(k: &str) -> bool {
+    (1..=MAX_KEY_LEN).contains(&k.len())
+}
+
 fn opt_u64(obj: &Object<'_, '_>, field: &'static str) -> Result<Option<u64>, CommandError> {
     match obj.get(field) {
         None => Ok(None),
@@ -338,6 +360,7 @@ fn read_command<'t, 'a>(obj: &Object<'t, 'a>) -> Result<Command<'t, 'a>, Command
         "publish" => Command::Publish {
             room: req_str(obj, "room")?,
             data: req_data(obj)?,
+            key: opt_key(obj)?,
         },
         "ping" => Command::Ping,
         "join" => {
@@ -430,8 +453,33 @@ mod tests {
         assert_eq!(id.as_deref(), Some("\"p1\""));
         assert_eq!(
             cmd.unwrap(),
-            r#"Publish { room: "lobby", data: {"z":1,"a":[true,null,"x\n"]} }"#
+            r#"Publish { room: "lobby", data: {"z":1,"a":[true,null,"x\n"]}, key: None }"#
         );
+    }
+
+    #[test]
+    fn publish_keys_are_short_strings() {
+        let (_, cmd) = parse(r#"{"type":"publish","room":"r","data":1,"key":"k\u00e9"}"#);
+        assert_eq!(
+            cmd.unwrap(),
+            r#"Publish { room: "r", data: 1, key: Some("ké") }"#
+        );
+        let (_, cmd) = parse(r#"{"type":"publish","room":"r","data":1,"key":null}"#);
+        assert!(cmd.unwrap().ends_with("key: None }"));
+        let long = "x".repeat(MAX_KEY_LEN + 1);
+        for bad in [
+            r#""""#.to_string(),
+            format!("\"{long}\""),
+            "5".into(),
+            "[]".into(),
+        ] {
+            let (_, cmd) = parse(&format!(
+                r#"{{"type":"publish","room":"r","data":1,"key":{bad}}}"#
+            ));
+            let (code, msg) = cmd.unwrap_err();
+            assert_eq!(code, ErrorCode::BadJson, "{bad}");
+            assert!(msg.contains("key"), "{msg}");
+        }
     }
 
     #[test]

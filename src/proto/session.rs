@@ -183,6 +183,8 @@ pub enum Output {
         id: Option<Id>,
         /// The sender's part of the `message` event ([`event::message_tail`]).
         tail: String,
+        /// Idempotency key.
+        key: Option<Arc<str>>,
     },
 }
 
@@ -427,7 +429,7 @@ impl Session {
         };
         match cmd {
             Command::Auth { token } => self.refresh_auth(id, token, ctx, out),
-            Command::Publish { room, data } => {
+            Command::Publish { room, data, key } => {
                 if !valid_room(room) {
                     return self.error(id, ErrorCode::InvalidRoom, "invalid room name", out);
                 }
@@ -454,6 +456,7 @@ impl Session {
                     room,
                     id: id.cloned(),
                     tail,
+                    key: key.map(Arc::from),
                 });
             }
             Command::Join { room, since } => {

@@ -14,6 +14,7 @@
 //! This module must not touch sockets or connections: it knows connections
 //! only as [`ConnRef`]s on some core, and the core carries out its [`Out`]s.
 
+pub mod dedupe;
 pub mod history;
 pub mod rooms;
 pub mod store;
@@ -184,9 +185,12 @@ impl Home {
                     self.rooms.join(&mut cx, room, who, id, since, rejoin);
                 }
                 Command::Leave { room, core, user } => self.rooms.leave(&mut cx, room, core, user),
-                Command::Publish { room, reply, tail } => {
-                    self.rooms.publish(&mut cx, room, reply, tail)
-                }
+                Command::Publish {
+                    room,
+                    reply,
+                    tail,
+                    key,
+                } => self.rooms.publish(&mut cx, room, reply, tail, key),
                 Command::History {
                     room,
                     reply,

@@ -6,12 +6,14 @@
 //! members (the interest set: a core with no member never receives the
 //! room's events), which users are in them (for `joined`/`left`, member
 //! counts and `members`), typing state, and messages waiting for the
-//! store's fsync — and carries out the room commands: join (with recovery
-//! from the window), leave, publish, history, members, typing. It frames
+//! store's fsync, and the idempotency keys of recent publishes
+//! ([`super::dedupe`]) — and carries out the room commands: join (with
+//! recovery from the window), leave, publish, history, members, typing. It frames
 //! each event once and names the cores that get it; it must not touch
 //! connections or sockets (the socket layer delivers what it emits).
 
 use super::Cx;
+use super::dedupe::Keys;
 use super::history::{Entry, Retention, RoomModes, Window};
 use super::store::{Append, LoadedRoom, QueueError, StoreHandle, StoreMsg};
 use crate::config::Durability;
@@ -58,6 +60,8 @@ pub struct HomeRoom {
     /// seq order; they are delivered, acknowledged and enter `history`
     /// once stored.
     pub pending: VecDeque<Pending>,
+    /// Idempotency keys of recent publishes.
+    pub keys: Keys,
 }
 
 /// A sequenced message not yet durable.
@@ -69,6 +73,9 @@ pub struct Pending {
     pub reply: Option<ReplyTo>,
     /// When it was sequenced (server-monotonic µs).
     pub at_us: u64,
+    /// Publishes with the same key that arrived while it waited: they get
+    /// its ack, marked duplicate.
+    pub dups: Vec<ReplyTo>,
 }
 
 impl HomeRoom {
@@ -213,6 +220,7 @@ impl HomeRooms {
             history: Window::default(),
             pending: VecDeque::new(),
             typing: HashMap::new(),
+            keys: Keys::default(),
         });
         r.last_active_ms = now_ms;
         r
@@ -286,6 +294,11 @@ impl HomeRooms {
         for e in loaded.entries {
             history.push(e, &self.retention, now_unix_ms);
         }
+        let mut keys = Keys::default();
+        for (key, seq, ts) in loaded.keys {
+            keys.insert(key, seq, ts, &self.retention, now_unix_ms);
+        }
+        keys.evict(&self.retention, loaded.seq, now_unix_ms);
         let r = HomeRoom {
             mode: self.modes.of(&loaded.room),
             seq: loaded.seq,
@@ -296,6 +309,7 @@ impl HomeRooms {
             history,
             pending: VecDeque::new(),
             typing: HashMap::new(),
+            keys,
         };
         self.rooms.insert(loaded.room, r);
     }
@@ -321,6 +335,7 @@ impl HomeRooms {
         let (idle_ms, retention) = (self.idle_ms, self.retention);
         self.rooms.retain(|_, r| {
             r.history.trim(&retention, now_unix_ms);
+            r.keys.evict(&retention, r.seq, now_unix_ms);
             !(r.idle() && r.holds_nothing() && now_ms.saturating_sub(r.last_active_ms) >= idle_ms)
         });
         before - self.rooms.len()
@@ -506,8 +521,16 @@ impl RoomHomes {
         room: Arc<str>,
         reply: Option<ReplyTo>,
         tail: String,
+        key: Option<Arc<str>>,
     ) {
         let ts = cx.clock.unix_ms();
+        let reply = match &key {
+            Some(k) => match self.duplicate(cx, &room, k, reply) {
+                Ok(()) => return,
+                Err(reply) => reply,
+            },
+            None => reply,
+        };
         let at_us = cx.clock.now_us.max(1);
         let retention = self.table.retention;
         let rng = &mut self.rng;
@@ -540,6 +563,7 @@ impl RoomHomes {
                 frame: frame.clone(),
                 header_len,
                 sync,
+                key: key.clone(),
             }))
         });
         if sent == Some(Err(QueueError::Full)) {
@@ -558,11 +582,15 @@ impl RoomHomes {
             return;
         }
         let sent = sent.is_none_or(|r| r.is_ok());
+        if let Some(k) = key {
+            r.keys.insert(k, seq, ts, &retention, ts);
+        }
         if sync {
             r.pending.push_back(Pending {
                 entry,
                 reply,
                 at_us,
+                dups: Vec::new(),
             });
             if !sent {
                 self.store_failed(cx, room);
@@ -573,14 +601,52 @@ impl RoomHomes {
             }
             r.history.push(entry, &retention, ts);
             self.deliver(cx, &room, frame, at_us);
-            self.send_ack(cx, reply, &room, seq, ts);
+            self.send_ack(cx, reply, &room, seq, ts, false);
         }
     }
 
-    fn send_ack(&mut self, cx: &mut Cx<'_>, reply: Option<ReplyTo>, room: &str, seq: u64, ts: u64) {
+    /// A publish whose key the room remembers: acknowledged with the first
+    /// message's seq and ts (once that is durable, if it is still waiting
+    /// for the store), nothing published. Hands `reply` back when the key
+    /// is new.
+    fn duplicate(
+        &mut self,
+        cx: &mut Cx<'_>,
+        room: &Arc<str>,
+        key: &str,
+        reply: Option<ReplyTo>,
+    ) -> Result<(), Option<ReplyTo>> {
+        let Some(r) = self.table.get_mut(room) else {
+            return Err(reply);
+        };
+        let Some((seq, ts)) = r.keys.get(key) else {
+            return Err(reply);
+        };
+        if seq > r.visible_seq() {
+            if let (Some(reply), Some(p)) =
+                (reply, r.pending.iter_mut().find(|p| p.entry.seq == seq))
+            {
+                p.dups.push(reply);
+            }
+        } else {
+            self.send_ack(cx, reply, room, seq, ts, true);
+        }
+        Ok(())
+    }
+
+    fn send_ack(
+        &mut self,
+        cx: &mut Cx<'_>,
+        reply: Option<ReplyTo>,
+        room: &str,
+        seq: u64,
+        ts: u64,
+        duplicate: bool,
+    ) {
         let Some(reply) = reply else { return };
         let epoch = self.table.get(room).map(|r| r.epoch.clone());
-        let (core, ev) = replies::publish_ack(reply, room, seq, epoch.as_deref().unwrap_or(""), ts);
+        let epoch = epoch.as_deref().unwrap_or("");
+        let (core, ev) = replies::publish_ack(reply, room, seq, epoch, ts, duplicate);
         cx.event(core, ev);
     }
 
@@ -599,7 +665,10 @@ impl RoomHomes {
             let (seq, ts, frame) = (p.entry.seq, p.entry.ts, p.entry.frame.clone());
             r.history.push(p.entry, &retention, now);
             self.deliver(cx, room, frame, p.at_us);
-            self.send_ack(cx, p.reply, room, seq, ts);
+            self.send_ack(cx, p.reply, room, seq, ts, false);
+            for dup in p.dups {
+                self.send_ack(cx, Some(dup), room, seq, ts, true);
+            }
         }
     }
 
@@ -613,6 +682,8 @@ impl RoomHomes {
         };
         let failed: Vec<Pending> = r.pending.drain(..).collect();
         r.seq -= failed.len() as u64;
+        // Their keys did not produce a message: a retry must be stored.
+        r.keys.forget_after(r.seq);
         // A failed batch may still have reached the disk (a write that
         // succeeded before its fsync failed) and come back at the next
         // start under the old epoch: the seqs handed out from now on must
@@ -622,8 +693,10 @@ impl RoomHomes {
             store.send(StoreMsg::Reset { room: room.clone() });
         }
         warn!(room = %room, messages = failed.len(), "publish failed: history store write error");
-        for p in failed {
-            let Some(reply) = p.reply else { continue };
+        for reply in failed
+            .into_iter()
+            .flat_map(|p| p.reply.into_iter().chain(p.dups))
+        {
             let (core, ev) = replies::refuse(
                 reply,
                 ErrorCode::Internal,

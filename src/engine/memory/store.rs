@@ -11,8 +11,11 @@
 //! being capped at one fsync per message.
 //!
 //! Layout (three fjall keyspaces):
-//! - `msgs`: `room 0x00 seq(u64 BE)` → `ts(u64 BE) ++ message event JSON`.
-//!   Room names never contain 0x00, so one room's keys are one range.
+//! - `msgs`: `room 0x00 seq(u64 BE)` → `ts(u64 BE) ++ [0x00 len(u8) key]
+//!   ++ message event JSON`, the bracket present when the publish had an
+//!   idempotency key (JSON never starts with 0x00, so records written
+//!   before keys existed read the same). Room names never contain 0x00, so
+//!   one room's keys are one range.
 //! - `rooms`: `room` → `mode u8 ('s' sync / 'a' async) ++ len(epoch) u8 ++
 //!   epoch ++ last seq(u64 BE)`, so seq and epoch survive even when
 //!   retention has emptied the room.
@@ -97,6 +100,8 @@ pub struct Append {
     pub header_len: u8,
     /// The ack waits for this message to be durable.
     pub sync: bool,
+    /// The publish's idempotency key.
+    pub key: Option<Arc<str>>,
 }
 
 /// A room as loaded at start.
@@ -111,6 +116,9 @@ pub struct LoadedRoom {
     /// Its retained messages, oldest first, contiguous, ending at `seq`
     /// (or empty).
     pub entries: Vec<Entry>,
+    /// The idempotency keys of those messages: (key, seq, ts), oldest
+    /// first.
+    pub keys: Vec<(Arc<str>, u64, u64)>,
 }
 
 /// Why the store could not be opened.
@@ -299,6 +307,7 @@ impl Store {
             // the count and age bounds.
             let (lo, hi) = room_range(&room);
             let mut entries = Vec::new();
+            let mut keys = Vec::new();
             let mut expect = last;
             let mut last_ts = 0;
             for g in msgs.range(lo..hi).rev() {
@@ -318,9 +327,19 @@ impl Store {
                 if seq != expect || entries.len() >= retention.size || ts < cutoff {
                     break;
                 }
+                let mut json = &v[8..];
+                if json.first() == Some(&0) {
+                    let len = *json.get(1).unwrap_or(&0) as usize;
+                    let key = json
+                        .get(2..2 + len)
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .filter(|k| !k.is_empty())
+                        .ok_or_else(|| corrupt(path, format!("bad key of {room}#{seq}")))?;
+                    keys.push((Arc::from(key), seq, ts));
+                    json = &json[2 + len..];
+                }
                 // fjall checksums every block; this only catches a record
                 // that was never one of ours.
-                let json = &v[8..];
                 if json.first() != Some(&b'{')
                     || json.last() != Some(&b'}')
                     || std::str::from_utf8(json).is_err()
@@ -343,6 +362,7 @@ impl Store {
                 expect = seq.saturating_sub(1);
             }
             entries.reverse();
+            keys.reverse();
             messages += entries.len();
             if let Some(e) = bump_to {
                 epoch = e;
@@ -364,6 +384,7 @@ impl Store {
                 epoch,
                 seq: last,
                 entries,
+                keys,
             });
         }
         if !bumped.is_empty() {
@@ -603,8 +624,14 @@ impl Store {
                 };
             }
             let json = &a.frame[a.header_len as usize..];
-            let mut v = Vec::with_capacity(8 + json.len());
+            let key = a.key.as_deref().map_or(&[][..], str::as_bytes);
+            let mut v = Vec::with_capacity(10 + key.len() + json.len());
             v.extend_from_slice(&a.ts.to_be_bytes());
+            if !key.is_empty() {
+                // At most MAX_KEY_LEN (64) bytes: the length fits a u8.
+                v.extend_from_slice(&[0, key.len() as u8]);
+                v.extend_from_slice(key);
+            }
             v.extend_from_slice(json);
             b.insert(&self.msgs, msg_key(&a.room, a.seq), v);
             if st.first > st.last {

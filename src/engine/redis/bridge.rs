@@ -55,7 +55,9 @@ pub const NODE_TTL_MS: u64 = 15_000;
 /// A probe not back on the pub/sub connection by then drops it, ms.
 const PROBE_TIMEOUT_MS: u64 = 3000;
 /// A publish waiting for its batch: where its `ack` goes, and its tail.
-type PendingPublish = (Option<ReplyTo>, String);
+/// A publish waiting for this iteration's script call: where its ack goes,
+/// its tail, its idempotency key.
+type PendingPublish = (Option<ReplyTo>, String, Option<Arc<str>>);
 
 /// Most publishes sequenced by one script call.
 const PUBLISH_BATCH: usize = 128;
@@ -90,7 +92,7 @@ pub struct Bridge {
     users: NodeUsers,
     gathers: Gathers,
     /// Publishes taken in this iteration, sequenced together at its end.
-    publishes: Vec<(Arc<str>, Option<ReplyTo>, String)>,
+    publishes: Vec<(Arc<str>, PendingPublish)>,
     /// The probe on the pub/sub connection: (number, sent at ms).
     probe: Option<(u64, u64)>,
     probe_n: u64,
@@ -502,20 +504,20 @@ impl Bridge {
         // messages of different rooms does not matter).
         let mut groups: Vec<(Arc<str>, Vec<PendingPublish>)> = Vec::new();
         let mut index: HashMap<Arc<str>, usize> = HashMap::new();
-        for (room, reply, tail) in std::mem::take(&mut self.publishes) {
+        for (room, publish) in std::mem::take(&mut self.publishes) {
             let i = *index.entry(room.clone()).or_insert_with(|| {
                 groups.push((room.clone(), Vec::new()));
                 groups.len() - 1
             });
-            groups[i].1.push((reply, tail));
+            groups[i].1.push(publish);
         }
         let (mut io, _, _, _) = self.io(now);
         let k = io.keys;
-        let mut keys: Vec<String> = Vec::with_capacity(groups.len() * 3);
+        let mut keys: Vec<String> = Vec::with_capacity(groups.len() * 5);
         for (room, _) in &groups {
-            keys.push(k.room(room, "m"));
-            keys.push(k.room(room, "h"));
-            keys.push(k.room(room, "u"));
+            for part in ["m", "h", "u", "k", "kq"] {
+                keys.push(k.room(room, part));
+            }
         }
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut c = io.script(&io.scripts.publish, &key_refs);
@@ -527,8 +529,8 @@ impl Bridge {
         for (room, msgs) in groups {
             c.arg(&*room).arg(k.room_channel(&room)).arg(msgs.len());
             let mut replies = Vec::with_capacity(msgs.len());
-            for (reply, tail) in msgs {
-                c.arg(tail);
+            for (reply, tail, key) in msgs {
+                c.arg(tail).arg(key.as_deref().unwrap_or(""));
                 replies.push(reply);
             }
             items.push((room, replies));
@@ -567,13 +569,18 @@ impl Bridge {
                 rooms.join(&mut io, room, req);
             }
             Command::Leave { room, core, user } => rooms.leave(&mut io, room, core, user),
-            Command::Publish { room, reply, tail } => {
+            Command::Publish {
+                room,
+                reply,
+                tail,
+                key,
+            } => {
                 if !io.cmd_ready() {
                     return io.failed.push(Want::Publish {
                         items: vec![(room, vec![reply])],
                     });
                 }
-                self.publishes.push((room, reply, tail));
+                self.publishes.push((room, (reply, tail, key)));
                 if self.publishes.len() >= PUBLISH_BATCH {
                     self.send_publishes(now);
                 }
@@ -661,22 +668,30 @@ impl Bridge {
                     warn!(rooms = items.len(), reply = ?v, "publish script failed");
                 }
                 // Per room: its epoch, then a seq per message (a string
-                // among them is a new epoch for what follows).
+                // among them is a new epoch for what follows; `[seq, ts]`
+                // a duplicate of the message with that seq).
                 let mut vals = a.iter().skip(1).peekable();
                 for (room, replies_of) in items {
                     let mut epoch = vals.next().and_then(as_str).unwrap_or("");
                     for reply in replies_of {
-                        if let Some(e) = vals.next_if(|x| !matches!(x, Value::Int(_))) {
+                        if let Some(e) = vals.next_if(|x| as_str(x).is_some()) {
                             epoch = as_str(e).unwrap_or("");
                         }
-                        let seq = match vals.next() {
-                            Some(Value::Int(s)) if ts.is_some() => Some(*s as u64),
+                        let seq = match (vals.next(), ts) {
+                            (Some(Value::Int(s)), Some(ts)) => Some((*s as u64, ts, false)),
+                            (Some(Value::Array(d)), Some(_)) => match d.as_slice() {
+                                [Value::Int(s), Value::Int(t)] => {
+                                    Some((*s as u64, *t as u64, true))
+                                }
+                                _ => None,
+                            },
                             _ => None,
                         };
                         let Some(reply) = reply else { continue };
-                        match (seq, ts) {
-                            (Some(seq), Some(ts)) => {
-                                let (core, ev) = replies::publish_ack(reply, &room, seq, epoch, ts);
+                        match seq {
+                            Some((seq, ts, dup)) => {
+                                let (core, ev) =
+                                    replies::publish_ack(reply, &room, seq, epoch, ts, dup);
                                 rooms.publish_acked(&mut io, &room, seq, core, ev);
                             }
                             _ => {

@@ -8,6 +8,8 @@
 //! |---|---|---|
 //! | `P:r:{R}:m` | hash | `e` epoch, `s` last seq |
 //! | `P:r:{R}:h` | stream | history: id `<seq>-0`, field `d` (the event JSON) |
+//! | `P:r:{R}:k` | hash | idempotency key → `seq:ts:epoch` of its message |
+//! | `P:r:{R}:kq` | list | `seq:ts:epoch\|key`, oldest first (for forgetting keys) |
 //! | `P:r:{R}:u` | hash | user → number of nodes with the user in the room |
 //! | `P:r:{R}:nm` | hash | user → display name |
 //! | `P:r:{R}:st` | hash | user → status when not online (for `members`) |
@@ -225,19 +227,26 @@ end
 
 /// Sequences a batch of messages (every publish one bridge iteration took
 /// in, grouped by room, so the script's fixed cost is paid once per batch
-/// and a room's once per batch): KEYS meta, stream, users of each room in
-/// turn; ARGV epoch candidate, size, ttl_ms, idle_ms, then for each room
-/// its name, channel, message count and the messages' tails
-/// (`{"user":..},"data":..}`). Returns `{ts, epoch, seq, seq, ..., epoch,
-/// seq, ...}`: per room its epoch, then its messages' seqs (a string among
-/// them is a new epoch for the messages after it).
+/// and a room's once per batch): KEYS meta, stream, users, keys hash, keys
+/// list of each room in turn; ARGV epoch candidate, size, ttl_ms, idle_ms,
+/// then for each room its name, channel, message count and per message its
+/// tail (`{"user":..},"data":..}`) and idempotency key (`''` for none).
+/// Returns `{ts, epoch, seq, seq, ..., epoch, seq, ...}`: per room its
+/// epoch, then per message its seq (a string among them is a new epoch for
+/// the messages after it), or `{seq, ts}` of the first message when its
+/// key was already used (a duplicate: nothing stored or published).
 ///
 /// Per message: one XADD and one PUBLISH of the event JSON itself (a
-/// subscriber reads seq and epoch from its fixed prefix). Per room: one
-/// HMGET, one HSET, the TTLs. The stream keeps at least `size` messages
-/// (`XTRIM MAXLEN ~` every 64th message of a room trims whole nodes, several
-/// times cheaper than exact trimming and than trimming on every XADD), so
-/// up to about 64 + 100 more; the age bound is applied at the same moments,
+/// subscriber reads seq and epoch from its fixed prefix); with a key, one
+/// HSETNX (`P:r:{R}:k`, key → `seq:ts:epoch`; an entry of another epoch is
+/// stale and overwritten) and one RPUSH (`P:r:{R}:kq`, `seq:ts:epoch|key`,
+/// oldest first, for forgetting). Per room: one HMGET, one HSET, the TTLs.
+/// The stream keeps at least `size` messages (`XTRIM MAXLEN ~` every 64th
+/// message of a room trims whole nodes, several times cheaper than exact
+/// trimming and than trimming on every XADD), so up to about 64 + 100
+/// more; the age bound and forgetting keys (the rule of
+/// `engine::memory::dedupe`: kept while in the history window or for 10
+/// minutes, at most max(size, 10000)) are applied at the same moments,
 /// and reads skip older entries. Measured in Redis 7.0 here, per message
 /// inside the script: XADD ~2.5 us (4.1 us with MAXLEN), PUBLISH ~1.2 us,
 /// building the event ~0.8 us, and ~2 us of Lua overhead per `redis.call`
@@ -245,13 +254,48 @@ end
 const PUBLISH: &str = r#"
 local ts = now_ms()
 local out = {ts}
+local size = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local cutoff = ts - ttl
+local keep = math.max(ttl, 600000)
+local cap = math.max(size, 10000)
+-- Forgets the oldest keys that left the window (a batch at a time).
+local function forget_keys(kk, kq, seq)
+  local len = redis.call('LLEN', kq)
+  if len == 0 then return end
+  local drop, vals = {}, {}
+  local function keeps(item)
+    local v, key = string.match(item, '^([^|]*)|(.*)$')
+    local s, t = string.match(v or '', '^(%d+):(%d+):')
+    s, t = tonumber(s or '0'), tonumber(t or '0')
+    local in_history = s + size > seq and t + ttl >= ts
+    if len - #drop <= cap and (in_history or t + 600000 >= ts) then return true end
+    drop[#drop + 1] = key or ''
+    vals[#vals + 1] = v or ''
+    return false
+  end
+  -- The oldest first (usually still kept: one call), then a batch.
+  if keeps(redis.call('LINDEX', kq, 0)) then return end
+  for _, item in ipairs(redis.call('LRANGE', kq, 1, 127)) do
+    if keeps(item) then break end
+  end
+  if #drop == 0 then return end
+  redis.call('LTRIM', kq, #drop, -1)
+  -- Only entries still naming that message (not a newer one with the key).
+  local now = redis.call('HMGET', kk, unpack(drop))
+  local gone = {}
+  for i, key in ipairs(drop) do
+    if now[i] == vals[i] then gone[#gone + 1] = key end
+  end
+  if #gone > 0 then redis.call('HDEL', kk, unpack(gone)) end
+end
 local a = 5
-for r = 0, #KEYS / 3 - 1 do
-  local m, h = KEYS[3 * r + 1], KEYS[3 * r + 2]
+for r = 0, #KEYS / 5 - 1 do
+  local m, h = KEYS[5 * r + 1], KEYS[5 * r + 2]
+  local kk, kq = KEYS[5 * r + 4], KEYS[5 * r + 5]
   local room, channel, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
+  local keyed = false
   local es = redis.call('HMGET', m, 'e', 's')
   local e, seq = es[1], tonumber(es[2] or '0')
   if not e then
@@ -264,38 +308,69 @@ for r = 0, #KEYS / 3 - 1 do
   local mid = ',"epoch":"' .. e .. '","ts":' .. ts .. ',"from":'
   out[#out + 1] = e
   for i = 1, n do
-    seq = seq + 1
-    local ev = head .. seq .. mid .. ARGV[a]
-    a = a + 1
-    local added = redis.pcall('XADD', h, seq .. '-0', 'd', ev)
-    if type(added) == 'table' and added.err then
-      -- The stream is ahead of the room's seq (keys evicted or edited): the
-      -- room starts over under a new epoch rather than reuse a position.
-      -- (Messages of the room earlier in this batch keep their seqs.)
-      e = ARGV[1] .. 'r'
-      seq = 1
-      redis.call('DEL', h)
-      redis.call('HSET', m, 'e', e)
-      mid = ',"epoch":"' .. e .. '","ts":' .. ts .. ',"from":'
-      ev = head .. seq .. mid .. ARGV[a - 1]
-      redis.call('XADD', h, '1-0', 'd', ev)
-      out[#out + 1] = e
-    end
-    if seq % 64 == 0 then
-      -- Trimmed here, not by each XADD: MAXLEN on every XADD costs ~1.6 us.
-      redis.call('XTRIM', h, 'MAXLEN', '~', ARGV[2])
-      for _ = 1, 64 do
-        local first = redis.call('XRANGE', h, '-', '+', 'COUNT', 1)
-        if #first == 0 or entry_ts(first[1]) >= cutoff then break end
-        redis.call('XDEL', h, first[1][1])
+    local tail, key = ARGV[a], ARGV[a + 1]
+    a = a + 2
+    local dup = nil
+    if key ~= '' then
+      keyed = true
+      local v = (seq + 1) .. ':' .. ts .. ':' .. e
+      if redis.call('HSETNX', kk, key, v) == 0 then
+        local prev = redis.call('HGET', kk, key)
+        local s, t, pe = string.match(prev, '^(%d+):(%d+):(.*)$')
+        if pe == e then
+          dup = {tonumber(s), tonumber(t)}
+        else
+          redis.call('HSET', kk, key, v)
+        end
       end
+      if not dup then redis.call('RPUSH', kq, v .. '|' .. key) end
     end
-    redis.call('PUBLISH', channel, ev)
-    out[#out + 1] = seq
+    if dup then
+      out[#out + 1] = dup
+    else
+      seq = seq + 1
+      local ev = head .. seq .. mid .. tail
+      local added = redis.pcall('XADD', h, seq .. '-0', 'd', ev)
+      if type(added) == 'table' and added.err then
+        -- The stream is ahead of the room's seq (keys evicted or edited): the
+        -- room starts over under a new epoch rather than reuse a position.
+        -- (Messages of the room earlier in this batch keep their seqs; keys
+        -- of the old epoch no longer count.)
+        e = ARGV[1] .. 'r'
+        seq = 1
+        redis.call('DEL', h)
+        redis.call('HSET', m, 'e', e)
+        mid = ',"epoch":"' .. e .. '","ts":' .. ts .. ',"from":'
+        ev = head .. seq .. mid .. tail
+        redis.call('XADD', h, '1-0', 'd', ev)
+        if key ~= '' then
+          local v = seq .. ':' .. ts .. ':' .. e
+          redis.call('HSET', kk, key, v)
+          redis.call('RPUSH', kq, v .. '|' .. key)
+        end
+        out[#out + 1] = e
+      end
+      if seq % 64 == 0 then
+        -- Trimmed here, not by each XADD: MAXLEN on every XADD costs ~1.6 us.
+        redis.call('XTRIM', h, 'MAXLEN', '~', size)
+        for _ = 1, 64 do
+          local first = redis.call('XRANGE', h, '-', '+', 'COUNT', 1)
+          if #first == 0 or entry_ts(first[1]) >= cutoff then break end
+          redis.call('XDEL', h, first[1][1])
+        end
+        forget_keys(kk, kq, seq)
+      end
+      redis.call('PUBLISH', channel, ev)
+      out[#out + 1] = seq
+    end
   end
   redis.call('HSET', m, 's', seq)
   redis.call('PEXPIRE', h, ttl)
-  if redis.call('EXISTS', KEYS[3 * r + 3]) == 0 then redis.call('PEXPIRE', m, ARGV[4]) end
+  if keyed then
+    redis.call('PEXPIRE', kk, keep)
+    redis.call('PEXPIRE', kq, keep)
+  end
+  if redis.call('EXISTS', KEYS[5 * r + 3]) == 0 then redis.call('PEXPIRE', m, ARGV[4]) end
 end
 return out
 "#;
