@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests over real loopback
 # sockets (in-process servers, the built binary, the load generator's smoke
-# runs), doc tests, and the async baseline variants' own tests.
+# runs), doc tests, the async baseline variants' own tests, and the
+# JavaScript client's (type check, dist/ matching its sources and the size
+# budget, unit tests, Node against the built server binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Third-party clients for tests/third_party.rs, in a venv of our own.
@@ -12,3 +14,12 @@ fi
 cargo test --all-targets "$@"
 cargo test --doc
 cargo test -p corecast-tokio
+# The JavaScript client (needs Node 20 and npm; fails without them).
+command -v node >/dev/null || { echo "scripts/test.sh: node is required (clients/js)" >&2; exit 1; }
+(
+    cd clients/js
+    npm ci --no-audit --no-fund --loglevel=error
+    npm run --silent typecheck
+    node build.mjs --check
+    CORECAST_BIN="$PWD/../../target/debug/corecast" npm test --silent
+)

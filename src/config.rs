@@ -189,7 +189,8 @@ pub struct ApiConfig {
     pub rate_burst: f64,
     /// Largest request body, bytes (413 beyond).
     pub max_body: usize,
-    /// Serve `POST /api/tokens` (signs tokens with `auth.secret`): for
+    /// Serve `POST /api/tokens` (signs tokens with `auth.secret`) to anyone,
+    /// without an API key (the demo page asks it for tokens): for
     /// development and demos only.
     pub dev_tokens: bool,
 }

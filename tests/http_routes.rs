@@ -91,6 +91,39 @@ fn unknown_path_is_404_json() {
     assert_json_error(&http_get(s.addr, "/ws/extra?x=1"), 404, "not_found");
 }
 
+/// The binary carries the client bundle and the demo page that loads it.
+#[test]
+fn the_client_module_and_the_demo_page_are_served() {
+    let s = server();
+    let (status, head, js) = http_get(s.addr, "/corecast.js");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    let built = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/clients/js/dist/corecast.js"
+    ))
+    .unwrap();
+    assert_eq!(js, built, "the served module is the committed bundle");
+    assert!(js.contains("createClient"));
+    let (status, head, page) = http_get(s.addr, "/");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        page.contains(r#"from "/corecast.js""#),
+        "the page imports the served module"
+    );
+    // The page is told what the server allows: anonymous by default.
+    assert!(page.contains(r#"const CONFIG = {"anonymous":true,"devTokens":false};"#));
+    let resp = request(s.addr, "POST", "/", "Content-Length: 0\r\n");
+    assert_json_error(&resp, 405, "method_not_allowed");
+}
+
 #[test]
 fn post_to_ws_is_405_with_allow_get() {
     let s = server();

@@ -81,6 +81,9 @@ pub(super) struct WsConn {
     pub(super) failed: bool,
     /// The token `exp` for which an expiry timer is pending.
     pub(super) expiry_armed: Option<u64>,
+    /// Bytes of a recovery replay still queued, which the backlog bound
+    /// does not count (see [`queue_replay`]); shrinks as the queue drains.
+    pub(super) replay_allowance: u32,
     /// Input read from the socket but not yet consumed by tungstenite (only
     /// when reading stopped mid-burst: a pending join or the read budget).
     pub(super) pending: Vec<u8>,
@@ -132,13 +135,16 @@ pub(super) fn queue_ws(
     if ws.closing || ws.doomed {
         return;
     }
+    // What is left of a replay is at most what is still queued.
+    let allowance = (ws.replay_allowance as usize).min(ws.out.pending());
+    ws.replay_allowance = allowance as u32;
     ws.out.push(frame);
     let limit = if ws.session.is_some() {
         backlogs.0
     } else {
         backlogs.1
     };
-    if ws.out.pending() > limit {
+    if ws.out.pending() > limit + allowance {
         ws.doomed = true;
         to_close.push((
             key,
@@ -147,6 +153,37 @@ pub(super) fn queue_ws(
         ));
     }
     flush.mark(ws, key, urgent);
+}
+
+/// Queues the missed messages of a rejoin with `since`. They are not
+/// counted against the backlog bound: a replay larger than the bound would
+/// otherwise close the connection with 4009 on every attempt, and the
+/// client, told to reconnect at once, would loop without ever catching up.
+/// The frames are the history's own shared `Bytes` (a reference count
+/// each), and the history bounds them (`history.size` × `max_message`).
+/// Live frames after them still count beyond the replay: a reader that
+/// does not drain its replay is closed as soon as new traffic passes the
+/// bound.
+pub(super) fn queue_replay(
+    conn: &mut Conn,
+    key: usize,
+    frames: Vec<Bytes>,
+    flush: &mut FlushLists,
+) {
+    let State::Ws(ws) = &mut conn.state else {
+        return;
+    };
+    if ws.closing || ws.doomed || frames.is_empty() {
+        return;
+    }
+    let left = (ws.replay_allowance as usize).min(ws.out.pending());
+    let before = ws.out.pending();
+    for f in frames {
+        ws.out.push(f);
+    }
+    let added = ws.out.pending() - before;
+    ws.replay_allowance = u32::try_from(left + added).unwrap_or(u32::MAX);
+    flush.mark(ws, key, true);
 }
 
 /// Connections with queued output, in two classes (see

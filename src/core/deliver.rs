@@ -10,7 +10,7 @@
 //! not sequence, store or route anything between cores itself.
 
 use super::Core;
-use super::conn::{Conn, State, WsConn, queue_ws};
+use super::conn::{Conn, State, WsConn, queue_replay, queue_ws};
 use crate::engine::{AggRef, Command, ConnRef, Event, Report};
 use crate::proto::command::Id;
 use bytes::Bytes;
@@ -112,11 +112,10 @@ impl Core {
                 joined: true,
             });
         }
-        // Missed messages first (a replay that passes the backlog bound
-        // closes the connection with 4009, like any slow consumer), then
-        // the ack.
-        for missed in replay {
-            self.queue(key, missed);
+        // Missed messages first (outside the backlog bound: see
+        // `queue_replay`), then the ack.
+        if let Some(conn) = self.conns.get_mut(key) {
+            queue_replay(conn, key, replay, &mut self.flush);
         }
         self.queue(key, frame);
     }

@@ -11,6 +11,7 @@
 use super::conn::{Conn, State, Then, Upgrade, WsConn};
 use super::http::{self, Route, check_upgrade, error_response, json_response, switching_protocols};
 use super::outq::OutQueue;
+use super::web;
 use super::{ACCEPT_RETRY_MS, Core, TimerKind, would_block};
 use crate::auth::Identity;
 use crate::engine::ConnRef;
@@ -170,7 +171,11 @@ impl Core {
                         Ok(Some((req, len))) if len <= http::MAX_HEAD => {
                             let leftover = h.buf[len..].to_vec();
                             h.buf = Vec::new();
-                            return self.head_parsed(key, req, leftover);
+                            self.head_parsed(key, req, leftover);
+                            // The rest of a body may already be in the
+                            // socket (edge-triggered: no new event for it):
+                            // read on until it would block.
+                            continue;
                         }
                         Ok(None) if h.buf.len() < http::MAX_HEAD => {}
                         Ok(_) | Err(http::HeadError::TooLarge) => {
@@ -273,6 +278,8 @@ impl Core {
                 error_response(405, "method_not_allowed", "use GET", &[("allow", "GET")])
             }
             Route::Health | Route::Metrics | Route::Sse => unreachable!("handled above"),
+            Route::Demo => web::demo(&self.shared.config),
+            Route::ClientJs => web::client_js(),
             Route::Ws | Route::Echo => {
                 match self.upgrade_request(&req, route == Route::Echo, leftover) {
                     Ok(up) => {
@@ -487,6 +494,7 @@ impl Core {
             doomed: false,
             failed: false,
             expiry_armed: None,
+            replay_allowance: 0,
             pending: Vec::new(),
             out: OutQueue::default(),
             counted: false,

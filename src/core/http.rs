@@ -27,6 +27,10 @@ pub enum Route {
     Api,
     /// `GET /sse`.
     Sse,
+    /// `GET /`: the demo page.
+    Demo,
+    /// `GET /corecast.js`: the JavaScript client.
+    ClientJs,
     /// Anything else.
     NotFound,
 }
@@ -65,6 +69,8 @@ impl Request {
             "/health" => Route::Health,
             "/metrics" => Route::Metrics,
             "/sse" => Route::Sse,
+            "/" | "/index.html" => Route::Demo,
+            "/corecast.js" => Route::ClientJs,
             p if p.starts_with("/api/") => Route::Api,
             _ => Route::NotFound,
         }

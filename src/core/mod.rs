@@ -32,6 +32,7 @@ pub mod outq;
 pub mod sockio;
 mod sse;
 mod timers;
+mod web;
 mod ws;
 
 use crate::auth::{Authenticator, unix_now};
