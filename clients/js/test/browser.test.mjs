@@ -260,7 +260,7 @@ test("a page holds exactly 1..N through a drain + restart and a kill -9 + restar
   }
 });
 
-test("tokens that expire every 3 s are refreshed in-band: one session, no reconnect", async () => {
+test("tokens that expire every 3 s are refreshed in-band: one session, 1..N delivered, no reconnect", async () => {
   const s = await startServer(devTokens);
   const page = await newPage();
   let mints = 0;
@@ -268,7 +268,24 @@ test("tokens that expire every 3 s are refreshed in-band: one session, no reconn
   try {
     await joinDemo(page, s, "Ann", "short", "?ttl=3");
     const session = await page.evaluate(() => window.corecast.session);
-    await sleep(10_000);
+    // For 10 s (three token lifetimes) the page publishes 1..40 and, as a
+    // member, receives them.
+    const out = await page.evaluate(async () => {
+      const room = window.corecast.room("short");
+      const got = [];
+      room.on("message", (m) => typeof m.data.n === "number" && got.push(m.data.n));
+      let resolved = 0;
+      const all = [];
+      for (let n = 1; n <= 40; n++) {
+        all.push(room.publish({ n, text: `n${n}`, name: "Ann" }).then(() => resolved++));
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      await Promise.all(all);
+      await new Promise((r) => setTimeout(r, 200));
+      return { got, resolved };
+    });
+    assert.equal(out.resolved, 40);
+    assert.deepEqual(out.got, Array.from({ length: 40 }, (_, i) => i + 1));
     assert.equal(await page.evaluate(() => window.corecast.session), session, "the same connection");
     assert.equal(await page.evaluate(() => window.corecast.state), "connected");
     assert.deepEqual(await page.evaluate(() => window.__track.closes), [], "no socket closed");

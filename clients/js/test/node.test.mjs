@@ -4,9 +4,11 @@
 // server is away, token refresh in-band with short-lived tokens, and
 // refused authentication ending in `failed`.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { test } from "node:test";
 import WebSocket from "ws";
 import { createClient, UnauthorizedError } from "../dist/index.js";
@@ -179,5 +181,47 @@ test("refused authentication ends in failed; so does getToken throwing Unauthori
     assert.deepEqual(out.resources().socket, false);
   } finally {
     await s.stop();
+  }
+});
+
+test("the package installs into an app (npm pack + npm install) and loads as ESM and CJS", async () => {
+  const pkg = join(dirname(fileURLToPath(import.meta.url)), "..");
+  const dir = mkdtempSync(join(tmpdir(), "corecast-app-"));
+  try {
+    execFileSync("npm", ["pack", "--silent", "--pack-destination", dir], { cwd: pkg, stdio: "pipe" });
+    const tgz = readdirSync(dir).find((f) => f.endsWith(".tgz"));
+    assert.ok(tgz, "npm pack made a tarball");
+    writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "app", version: "1.0.0", private: true }));
+    execFileSync("npm", ["install", "--offline", "--no-audit", "--no-fund", "--silent", `./${tgz}`], { cwd: dir, stdio: "pipe" });
+    // No runtime dependencies came with it.
+    const installed = readdirSync(join(dir, "node_modules")).filter((d) => !d.startsWith("."));
+    assert.deepEqual(installed, ["corecast-client"]);
+    const s = await startServer(fast);
+    try {
+      writeFileSync(
+        join(dir, "esm.mjs"),
+        `import { createClient } from "corecast-client";
+         import WebSocket from ${JSON.stringify(join(pkg, "node_modules/ws/wrapper.mjs"))};
+         const c = createClient({ url: process.argv[2], WebSocket });
+         const r = c.room("app");
+         const got = new Promise((res) => r.on("message", (m) => res(m.data)));
+         await r.join();
+         const ack = await r.publish("from an app");
+         console.log("got", await got, "seq", ack.seq);
+         c.close();`,
+      );
+      const esm = execFileSync("node", ["esm.mjs", s.url], { cwd: dir, encoding: "utf8", timeout: 15_000 });
+      assert.match(esm, /got from an app seq 1/);
+      const cjs = execFileSync(
+        "node",
+        ["-e", `const m = require("corecast-client"); console.log(typeof m.createClient, typeof m.UnauthorizedError, require.resolve("corecast-client/react"))`],
+        { cwd: dir, encoding: "utf8" },
+      );
+      assert.match(cjs, /^function function .*node_modules\/corecast-client\/dist\/react\.cjs/);
+    } finally {
+      await s.stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
