@@ -4,7 +4,8 @@
 // windows, exactly-once delivery through a drain + restart and a kill -9 +
 // restart, tokens that expire every few seconds, a frozen tab closed with
 // 4009, frames dropped and sockets closed under the page
-// (page.routeWebSocket), 100 reconnect cycles without leaks, and the React
+// (page.routeWebSocket), a tab whose timers slept while its clock jumped
+// (page.clock), 100 reconnect cycles without leaks, and the React
 // bindings under StrictMode. Screenshots go to target/browser/.
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
@@ -395,6 +396,48 @@ test("frames dropped and sockets closed under the page (routeWebSocket): each se
     assert.ok(sockets >= 4, `sockets: ${sockets}`);
     const reasons = await page.evaluate(() => window.states.map((x) => x.reason ?? ""));
     assert.ok(reasons.some((r) => /nothing received/.test(r)), reasons.join(" | "));
+  } finally {
+    pub.close();
+    await page.context().close();
+    await s.stop();
+  }
+});
+
+test("a tab whose timers slept: visibilitychange and online check the wall clock at once", async () => {
+  const s = await startServer(fast);
+  const page = await newPage();
+  const pub = nodeClient(s);
+  let sockets = 0;
+  let deaf = false; // the first socket goes silent both ways
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    const n = ++sockets;
+    const server = ws.connectToServer();
+    server.onMessage((m) => !(deaf && n === 1) && ws.send(m));
+    ws.onMessage((m) => !(deaf && n === 1) && server.send(m));
+  });
+  try {
+    await page.clock.install();
+    await pageClient(page, s, "sleep");
+    await pub.room("sleep").join();
+    deaf = true;
+    for (let i = 1; i <= 5; i++) await pub.room("sleep").publish(i);
+    // The page's timers stop (a background tab), then its clock jumps a
+    // minute: only the wake-up events can notice.
+    const t0 = await page.evaluate(() => Date.now());
+    await page.clock.pauseAt(t0 + 200);
+    await page.clock.setSystemTime(t0 + 60_000);
+    await sleep(300);
+    assert.equal(await page.evaluate(() => window.c.state), "connected", "no timer ran");
+    await page.evaluate(() => document.dispatchEvent(new Event("visibilitychange")));
+    const st = await page.evaluate(() => window.states.at(-1));
+    assert.equal(st.current, "reconnecting");
+    assert.match(st.reason, /nothing received/);
+    // The reconnect timer is asleep too: the next wake-up opens the socket.
+    await page.clock.setSystemTime(t0 + 62_000);
+    await page.evaluate(() => window.dispatchEvent(new Event("online")));
+    await until("recovered", () => page.evaluate(() => window.got.length >= 5), 10_000);
+    assert.deepEqual(await page.evaluate(() => window.got), [1, 2, 3, 4, 5]);
+    assert.equal(sockets, 2);
   } finally {
     pub.close();
     await page.context().close();
