@@ -284,6 +284,12 @@ pub struct AuthConfig {
     pub default_rooms: Vec<String>,
     /// Refuse tokens without an `exp` claim.
     pub require_exp: bool,
+    /// Web origins whose pages may open WebSockets and SSE streams and
+    /// call the API cross-origin (`https://app.example.com`,
+    /// `https://*.example.com`, `*`). Empty = any. Requests without
+    /// `Origin` (not from a browser page) are always allowed.
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[limits]`: per-server and per-connection bounds.
@@ -339,6 +345,7 @@ impl Default for AuthConfig {
             expiry_grace: DEFAULT_EXPIRY_GRACE,
             default_rooms: vec!["*".to_string()],
             require_exp: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -463,6 +470,10 @@ impl Config {
                 "auth.expiry_grace: {} is more than a day",
                 a.expiry_grace
             ));
+        }
+        for o in &a.allowed_origins {
+            crate::core::cors::validate(o)
+                .map_err(|e| ConfigError(format!("auth.allowed_origins: {e}")))?;
         }
         for k in &a.api_keys {
             if k.len() < 8 {

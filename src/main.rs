@@ -146,6 +146,10 @@ fn run(config: Config) -> ExitCode {
         } else {
             warn!("auth.anonymous = true: connections without a token are accepted");
         }
+    } else if config.auth.allowed_origins.is_empty() {
+        warn!(
+            "auth.allowed_origins is not set: pages of any web origin may connect (set it to your app's origins, e.g. CORECAST_AUTH__ALLOWED_ORIGINS=https://app.example.com)"
+        );
     }
     if config.echo {
         info!("the /echo route is enabled");

@@ -394,6 +394,45 @@ impl Collector for Merged {
     }
 }
 
+/// The Prometheus text format 0.0.4 of an OpenMetrics text: counters'
+/// `# HELP`/`# TYPE` name the `_total` series their samples carry,
+/// `# UNIT` and `# EOF` go (0.0.4 has neither). Gauges and histograms are
+/// written the same in both.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for l in om.lines() {
+        if let Some(name) = l
+            .strip_prefix("# TYPE ")
+            .and_then(|r| r.strip_suffix(" counter"))
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for l in om.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = l
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| l.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) && !name.ends_with("_total") {
+                    out.push_str(&format!("{kind}{name}_total {tail}"));
+                } else {
+                    out.push_str(l);
+                }
+            }
+            None => out.push_str(l),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The OpenMetrics text of the merged snapshots and the node's figures.
 pub fn encode_prometheus(snapshots: Vec<Snapshot>, node: NodeStats) -> String {
     let mut registry = Registry::default();

@@ -325,3 +325,22 @@ fn config_file_is_overridden_by_env() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["cores"], 2, "{v}");
 }
+
+#[test]
+fn a_busy_port_names_the_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let r = run(
+        &[],
+        &[
+            ("CORECAST_LISTEN", &addr),
+            ("CORECAST_HISTORY__DURABILITY", "memory"),
+        ],
+    );
+    assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("cannot listen on {addr}")) && r.stderr.contains("in use"),
+        "stderr: {}",
+        r.stderr
+    );
+}

@@ -192,7 +192,10 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
 }
 
 fn scrape(s: &TestServer) -> String {
-    let (status, head, body) = http_get(s.addr, "/metrics");
+    let (status, head, body) = http_raw(
+        s.addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+    );
     assert_eq!(status, 200, "{head}");
     assert!(head.contains("application/openmetrics-text"), "{head}");
     // Well-formed OpenMetrics: every sample belongs to a declared family,
@@ -213,6 +216,52 @@ fn scrape(s: &TestServer) -> String {
         assert!(value.parse::<f64>().is_ok(), "bad value in {l:?}");
     }
     body
+}
+
+/// Without an `Accept` that names OpenMetrics, `/metrics` is the
+/// Prometheus text format 0.0.4: no `# EOF`, counters typed under the
+/// `_total` names their samples carry, the same values.
+#[test]
+fn metrics_speak_prometheus_text_unless_openmetrics_is_asked() {
+    let s = server();
+    let (status, head, body) = http_get(s.addr, "/metrics");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(
+        !body.contains("# EOF") && !body.contains("# UNIT"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE corecast_messages_in_total counter\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE corecast_connections gauge\n"),
+        "{body}"
+    );
+    let families: Vec<(&str, &str)> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_once(' ').unwrap())
+        .collect();
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        let declared = families.iter().any(|(f, t)| match *t {
+            "histogram" => ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|x| name == format!("{f}{x}")),
+            _ => name == *f,
+        });
+        assert!(declared, "sample {l:?} of no declared family");
+    }
+    let om = scrape(&s);
+    assert_eq!(
+        metric(&body, "corecast_published_total", ""),
+        metric(&om, "corecast_published_total", "")
+    );
 }
 
 #[test]

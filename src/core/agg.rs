@@ -25,7 +25,13 @@ pub(super) enum AggTarget {
     /// HTTP `{"delivered": N}` (`/api/notify`, `/api/broadcast`).
     Delivered { conn: ConnRef },
     /// HTTP stats or metrics from every core's snapshot.
-    Stats { conn: ConnRef, metrics: bool },
+    /// `metrics`: `/metrics` (else `/api/stats`), in OpenMetrics when
+    /// `openmetrics` (the scraper asked for it), else Prometheus text 0.0.4.
+    Stats {
+        conn: ConnRef,
+        metrics: bool,
+        openmetrics: bool,
+    },
 }
 
 /// A count being gathered on this core.
@@ -209,7 +215,11 @@ impl Core {
                 let body = format!("{{\"delivered\":{}}}", a.delivered);
                 self.http_answer(conn, 200, body);
             }
-            AggTarget::Stats { conn, metrics } => {
+            AggTarget::Stats {
+                conn,
+                metrics,
+                openmetrics,
+            } => {
                 let mut snaps = a.snapshots;
                 snaps.sort_by_key(|s| s.core);
                 if metrics && timed_out {
@@ -231,12 +241,21 @@ impl Core {
                         }),
                     };
                     let text = crate::metrics::encode_prometheus(snaps, node);
-                    self.http_answer_raw(
-                        conn,
-                        200,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        text,
-                    );
+                    if openmetrics {
+                        self.http_answer_raw(
+                            conn,
+                            200,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            text,
+                        );
+                    } else {
+                        self.http_answer_raw(
+                            conn,
+                            200,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            crate::metrics::openmetrics_to_text(&text),
+                        );
+                    }
                 } else {
                     let status = if timed_out { 503 } else { 200 };
                     let mut body = stats_json(&snaps, self.bus.cores(), self.now_ms);
@@ -256,12 +275,17 @@ impl Core {
     }
 
     /// Asks every core for its counters; answers `/api/stats` or `/metrics`.
-    pub(super) fn gather_stats(&mut self, conn: ConnRef, metrics: bool) {
+    pub(super) fn gather_stats(&mut self, conn: ConnRef, metrics: bool, openmetrics: bool) {
         let cores = self.bus.cores();
         // With Redis, `/api/stats` also reports the cluster (from the bridge).
         let cluster = !metrics && matches!(self.link, crate::engine::Link::Redis(_));
         let parts = cores as u32 + u32::from(cluster);
-        let agg = self.agg_start(AggTarget::Stats { conn, metrics }, 0, parts);
+        let target = AggTarget::Stats {
+            conn,
+            metrics,
+            openmetrics,
+        };
+        let agg = self.agg_start(target, 0, parts);
         for core in 0..cores {
             self.route(core, crate::bus::BusMsg::StatsRequest { agg });
         }

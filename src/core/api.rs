@@ -86,7 +86,7 @@ impl Core {
         }
         if path == "/api/stats" {
             self.wait(key);
-            return self.gather_stats(conn, false);
+            return self.gather_stats(conn, false, false);
         }
         let v: Value = match serde_json::from_slice(body) {
             Ok(v @ Value::Object(_)) => v,

@@ -32,6 +32,9 @@ pub(super) struct HttpConn {
     pub(super) lingering: bool,
     /// The client already half-closed (while its request was waiting).
     pub(super) peer_closed: bool,
+    /// An allowed cross-origin request's `Origin`: its response carries
+    /// the CORS headers.
+    pub(super) cors: Option<Box<str>>,
 }
 
 #[derive(Debug, Default)]

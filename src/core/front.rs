@@ -236,6 +236,31 @@ impl Core {
     pub(super) fn handle_request(&mut self, key: usize, req: http::Request, leftover: Vec<u8>) {
         let route = req.route();
         let get = req.method == "GET";
+        if matches!(route, Route::Ws | Route::Echo | Route::Sse | Route::Api) {
+            let origin = req.origin.as_deref();
+            if !self.shared.origins.allows(origin, req.host.as_deref()) {
+                self.metrics.http_error(403);
+                let resp = error_response(
+                    403,
+                    "forbidden",
+                    "origin not allowed (auth.allowed_origins)",
+                    &[],
+                );
+                return self.respond(key, resp, Then::Close);
+            }
+            if let Some(origin) = origin.filter(|_| matches!(route, Route::Sse | Route::Api)) {
+                if req.method == "OPTIONS" {
+                    return self.respond(key, super::cors::preflight(origin), Then::Close);
+                }
+                if let Some(Conn {
+                    state: State::Http(h),
+                    ..
+                }) = self.conns.get_mut(key)
+                {
+                    h.cors = Some(origin.into());
+                }
+            }
+        }
         if route == Route::Api {
             let need = req.content_length.unwrap_or(0).min(leftover.len());
             return self.api_request(key, &req, &leftover[..need]);
@@ -256,7 +281,7 @@ impl Core {
                 key: key as u32,
                 generation,
             };
-            return self.gather_stats(conn, true);
+            return self.gather_stats(conn, true, req.accepts_openmetrics);
         }
         if route == Route::Sse && get {
             return self.sse_open(key, &req);
@@ -425,6 +450,11 @@ impl Core {
             return;
         };
         h.out = bytes;
+        if let Some(origin) = h.cors.take()
+            && !matches!(then, Then::Upgrade(_))
+        {
+            super::cors::add_to_response(&mut h.out, &origin);
+        }
         h.written = 0;
         h.then = then;
         self.http_write(key);

@@ -58,6 +58,13 @@ pub struct Request {
     pub chunked: bool,
     /// `Last-Event-ID` (SSE resume).
     pub last_event_id: Option<String>,
+    /// `Origin` (sent by browsers).
+    pub origin: Option<String>,
+    /// `Host`.
+    pub host: Option<String>,
+    /// `Accept` names OpenMetrics (`/metrics` answers in it, else in the
+    /// Prometheus text format 0.0.4).
+    pub accepts_openmetrics: bool,
 }
 
 impl Request {
@@ -142,6 +149,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             out.chunked |= !value.eq_ignore_ascii_case("identity");
         } else if h.name.eq_ignore_ascii_case("last-event-id") {
             out.last_event_id = Some(value.to_string());
+        } else if h.name.eq_ignore_ascii_case("origin") {
+            out.origin = Some(value.to_string());
+        } else if h.name.eq_ignore_ascii_case("host") {
+            out.host = Some(value.to_string());
+        } else if h.name.eq_ignore_ascii_case("accept") {
+            out.accepts_openmetrics |= value.split(',').any(|t| {
+                t.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/openmetrics-text")
+            });
         } else if h.name.eq_ignore_ascii_case("authorization")
             && let Some((scheme, token)) = value.split_once(' ')
             && scheme.eq_ignore_ascii_case("bearer")

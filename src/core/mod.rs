@@ -23,6 +23,7 @@
 mod agg;
 mod api;
 mod conn;
+pub mod cors;
 mod deliver;
 mod front;
 pub mod http;
@@ -104,6 +105,8 @@ pub struct Shared {
     pub session: SessionConfig,
     /// Token verification.
     pub auth: Authenticator,
+    /// `auth.allowed_origins`.
+    pub origins: cors::Origins,
     /// tungstenite settings for `/ws`.
     pub ws_config: WebSocketConfig,
     /// tungstenite settings for `/echo`.
@@ -151,6 +154,7 @@ impl Shared {
                 config.auth.require_exp,
                 &config.auth.default_rooms,
             ),
+            origins: cors::Origins::new(&config.auth.allowed_origins),
             ws_config,
             echo_config,
             cores: (0..cores).map(|_| CoreStats::default()).collect(),

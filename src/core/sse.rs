@@ -157,7 +157,12 @@ impl Core {
         let mut names_dedup = names.clone();
         names_dedup.sort();
         names_dedup.dedup();
-        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\nconnection: close\r\nx-accel-buffering: no\r\n\r\n: corecast\n\n";
+        let mut head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\nconnection: close\r\nx-accel-buffering: no\r\n\r\n: corecast\n\n".to_vec();
+        if let Some(origin) = &req.origin {
+            // Allowed (the front door refused the others): a page of that
+            // origin may read the stream.
+            super::cors::add_to_response(&mut head, origin);
+        }
         let rooms: Vec<SseRoom> = names_dedup
             .iter()
             .map(|n| SseRoom {
@@ -172,7 +177,7 @@ impl Core {
         conn.state = State::Sse(Box::new(SseConn {
             ident,
             rooms,
-            out: head.as_bytes().to_vec(),
+            out: head,
             written: 0,
         }));
         let conn_ref = ConnRef {

@@ -11,6 +11,7 @@ import sys
 import urllib.request
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as text_0_0_4_families
 from websockets.sync.client import connect
 
 addr, ann_token, bob_token = sys.argv[1:4]
@@ -82,13 +83,27 @@ assert d["from"]["user"] == "ann" and d["data"] == {"dm": 1}, d
 ack = recv(ann, "ack")
 assert ack["id"] == "d" and ack["delivered"] == 1, ack
 
-step("/metrics parses as OpenMetrics")
-with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+step("/metrics parses as OpenMetrics when asked for it")
+req = urllib.request.Request(
+    f"http://{addr}/metrics",
+    headers={"Accept": "application/openmetrics-text; version=1.0.0, text/plain;q=0.5"},
+)
+with urllib.request.urlopen(req, timeout=10) as r:
+    assert r.headers["content-type"].startswith("application/openmetrics-text"), r.headers
     text = r.read().decode()
 families = {f.name: f for f in text_string_to_metric_families(text)}
 msgs_in = sum(s.value for s in families["corecast_messages_in"].samples)
 assert msgs_in >= 8, msgs_in
 assert "corecast_delivery_latency_seconds" in families
+
+step("/metrics parses as Prometheus text 0.0.4 by default")
+with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4"), r.headers
+    text = r.read().decode()
+families = {f.name: f for f in text_0_0_4_families(text)}
+assert families["corecast_messages_in"].type == "counter", families["corecast_messages_in"]
+assert sum(s.value for s in families["corecast_messages_in"].samples) >= msgs_in
+assert families["corecast_delivery_latency_seconds"].type == "histogram"
 
 ann.close()
 bob.close()
