@@ -84,6 +84,21 @@ pub struct Config {
     pub api: ApiConfig,
     /// Several nodes joined through Redis (absent: one node).
     pub cluster: ClusterConfig,
+    /// Proxies in front of the server.
+    pub proxy: ProxyConfig,
+}
+
+/// `[proxy]`: which peers are proxies whose word on the client's address
+/// is believed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Networks (CIDR or address) of trusted proxies: from them, the PROXY
+    /// protocol header (v1/v2), `X-Forwarded-For` and `Forwarded` give the
+    /// client address (for the per-address limits and logs). Empty: no
+    /// peer is trusted and those are ignored.
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub trusted: Vec<String>,
 }
 
 /// Default key and channel prefix in Redis.
@@ -298,6 +313,17 @@ pub struct AuthConfig {
 pub struct LimitsConfig {
     /// WebSocket connections per server; beyond it the upgrade gets 503.
     pub max_connections: usize,
+    /// WebSocket and SSE connections per client address (0: no bound);
+    /// beyond it the upgrade gets 429.
+    pub max_connections_per_ip: usize,
+    /// New WebSocket/SSE connections per second per client address (token
+    /// bucket refill); beyond it the upgrade gets 429.
+    pub handshakes_per_ip_per_sec: f64,
+    /// Burst of the same bucket.
+    pub handshakes_per_ip_burst: f64,
+    /// Networks (CIDR or address) the per-address limits do not count.
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub per_ip_exempt: Vec<String>,
     /// Largest `data` of a publish, bytes; a frame may be 1 KiB larger.
     pub max_message: usize,
     /// Rooms per connection.
@@ -331,6 +357,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             api: ApiConfig::default(),
             cluster: ClusterConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -354,6 +381,10 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: 1000,
+            handshakes_per_ip_per_sec: 100.0,
+            handshakes_per_ip_burst: 200.0,
+            per_ip_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
             max_message: DEFAULT_MAX_MESSAGE,
             max_rooms: DEFAULT_MAX_ROOMS,
             rate_per_sec: DEFAULT_RATE_PER_SEC,
@@ -483,6 +514,26 @@ impl Config {
         let l = &self.limits;
         if l.max_connections == 0 {
             return err("limits.max_connections: must be at least 1".into());
+        }
+        if !(l.handshakes_per_ip_per_sec > 0.0 && l.handshakes_per_ip_burst >= 1.0) {
+            return err(
+                "limits.handshakes_per_ip_per_sec must be > 0 and limits.handshakes_per_ip_burst >= 1"
+                    .into(),
+            );
+        }
+        for n in &self.proxy.trusted {
+            if parse_net(n).is_none() {
+                return err(format!(
+                    "proxy.trusted: `{n}` is not a network (10.0.0.0/8, ::1, 192.0.2.7)"
+                ));
+            }
+        }
+        for n in &l.per_ip_exempt {
+            if parse_net(n).is_none() {
+                return err(format!(
+                    "limits.per_ip_exempt: `{n}` is not a network (10.0.0.0/8, ::1, 192.0.2.7)"
+                ));
+            }
         }
         if !(16..=16 * 1024 * 1024).contains(&l.max_message) {
             return err(format!(
@@ -727,6 +778,14 @@ fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
 }
 
 /// A list of strings, or one comma-separated string (`a,b,c`).
+/// A CIDR network, or one address as a network of its own.
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 fn lenient_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     match toml::Value::deserialize(d)? {
         toml::Value::String(s) => Ok(s

@@ -14,6 +14,7 @@ use crate::proto::close;
 use crate::proto::session::Session;
 use bytes::Bytes;
 use mio::net::TcpStream;
+use std::net::IpAddr;
 use tungstenite::protocol::WebSocketContext;
 
 /// A connection before the WebSocket upgrade (or a plain HTTP exchange).
@@ -35,6 +36,10 @@ pub(super) struct HttpConn {
     /// An allowed cross-origin request's `Origin`: its response carries
     /// the CORS headers.
     pub(super) cors: Option<Box<str>>,
+    /// The stream's start was checked for a PROXY protocol header.
+    pub(super) proxy_done: bool,
+    /// The client address a trusted proxy's PROXY header gave.
+    pub(super) proxy_source: Option<IpAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +60,8 @@ pub(super) struct Upgrade {
     /// Protocol state (`None` on `/echo`).
     pub(super) session: Option<Session>,
     pub(super) leftover: Vec<u8>,
+    /// Admitted under this address by the per-address limits.
+    pub(super) ip: Option<IpAddr>,
 }
 
 /// A WebSocket connection.
@@ -107,6 +114,9 @@ pub(super) struct Conn {
     pub(super) generation: u32,
     /// Counted in `Shared::connections`.
     pub(super) counted: bool,
+    /// Counted in `Shared::per_ip` under this address (released when the
+    /// connection goes).
+    pub(super) ip: Option<IpAddr>,
     pub(super) state: State,
 }
 

@@ -11,8 +11,8 @@
 use super::conn::{Conn, State, Then, Upgrade, WsConn};
 use super::http::{self, Route, check_upgrade, error_response, json_response, switching_protocols};
 use super::outq::OutQueue;
-use super::web;
 use super::{ACCEPT_RETRY_MS, Core, TimerKind, would_block};
+use super::{per_ip, proxy, web};
 use crate::auth::Identity;
 use crate::engine::ConnRef;
 use crate::proto::event::Event;
@@ -20,6 +20,7 @@ use crate::proto::ratelimit::Verdict;
 use crate::proto::session::Session;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use tracing::{debug, info, warn};
 use tungstenite::protocol::{Role, WebSocketContext};
@@ -52,6 +53,7 @@ impl Core {
                         stream,
                         generation,
                         counted: false,
+                        ip: None,
                         state: State::Http(Box::default()),
                     });
                     let deadline = self.now_ms + self.shared.config.auth.timeout * 1000;
@@ -159,6 +161,33 @@ impl Core {
                         continue; // closing after a response (or lingering): discard
                     }
                     h.buf.extend_from_slice(&self.read_buf[..n]);
+                    if !h.proxy_done {
+                        // A trusted proxy may put a PROXY header first.
+                        let trusted = &self.shared.trusted_proxies;
+                        let peer = conn.stream.peer_addr().ok().map(|a| a.ip());
+                        if trusted.is_empty()
+                            || !peer.is_some_and(|p| trusted.iter().any(|t| t.contains(&p)))
+                        {
+                            h.proxy_done = true;
+                        } else {
+                            match proxy::parse_header(&h.buf) {
+                                proxy::Header::Incomplete => continue,
+                                proxy::Header::None => h.proxy_done = true,
+                                proxy::Header::Proxy { len, source } => {
+                                    h.buf.drain(..len);
+                                    h.proxy_source = source;
+                                    h.proxy_done = true;
+                                    if h.buf.is_empty() {
+                                        continue;
+                                    }
+                                }
+                                proxy::Header::Bad(m) => {
+                                    let r = error_response(400, "bad_request", m, &[]);
+                                    return self.respond(key, r, Then::Close);
+                                }
+                            }
+                        }
+                    }
                     if let Some((_, need)) = &h.pending {
                         if h.buf.len() >= *need {
                             let (req, _) = h.pending.take().expect("checked");
@@ -306,11 +335,13 @@ impl Core {
             Route::Demo => web::demo(&self.shared.config),
             Route::ClientJs => web::client_js(),
             Route::Ws | Route::Echo => {
-                match self.upgrade_request(&req, route == Route::Echo, leftover) {
+                let peer = self.client_ip(key, &req);
+                match self.upgrade_request(&req, route == Route::Echo, leftover, peer) {
                     Ok(up) => {
                         let ws_key = req.ws_key.as_deref().unwrap_or_default();
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.counted = true;
+                            conn.ip = up.ip;
                         }
                         // The `welcome` rides in the same write as the 101: one
                         // syscall, and tungstenite's write buffer stays
@@ -345,6 +376,7 @@ impl Core {
         req: &http::Request,
         echo: bool,
         leftover: Vec<u8>,
+        peer: Option<IpAddr>,
     ) -> Result<Box<Upgrade>, Vec<u8>> {
         check_upgrade(req)?;
         if self.draining_until.is_some() {
@@ -355,6 +387,14 @@ impl Core {
                 &[("retry-after", "1")],
             ));
         }
+        // Per address first: a refused or failing handshake still spends a
+        // token (token guessing is throttled too).
+        let ip = self.admit_ip(peer)?;
+        let release = |me: &Self| {
+            if let Some(ip) = ip {
+                me.shared.per_ip.release(ip);
+            }
+        };
         let identity = if echo {
             None
         } else {
@@ -363,6 +403,7 @@ impl Core {
                     Ok(identity) => Some(identity),
                     Err(e) => {
                         debug!(core = self.id, error = %e, "upgrade refused: bad token");
+                        release(self);
                         return Err(error_response(401, "unauthorized", &e.to_string(), &[]));
                     }
                 },
@@ -372,6 +413,7 @@ impl Core {
         let max = self.shared.config.limits.max_connections;
         if self.shared.connections.fetch_add(1, Ordering::Relaxed) >= max {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            release(self);
             info!(
                 core = self.id,
                 max, "upgrade refused: connection limit reached"
@@ -384,7 +426,58 @@ impl Core {
             ));
         }
         let session = (!echo).then(|| self.new_session(identity));
-        Ok(Box::new(Upgrade { session, leftover }))
+        Ok(Box::new(Upgrade {
+            session,
+            leftover,
+            ip,
+        }))
+    }
+
+    /// The client address of request `req` on connection `key`: its TCP
+    /// peer, or what a trusted proxy said (PROXY header, then
+    /// `X-Forwarded-For` / `Forwarded`).
+    pub(super) fn client_ip(&self, key: usize, req: &http::Request) -> Option<IpAddr> {
+        let conn = self.conns.get(key)?;
+        let proxied = match &conn.state {
+            State::Http(h) => h.proxy_source,
+            _ => None,
+        };
+        let peer = proxied.or_else(|| conn.stream.peer_addr().ok().map(|a| a.ip()))?;
+        Some(proxy::client_ip(
+            peer,
+            req.forwarded_for.as_deref(),
+            req.forwarded.as_deref(),
+            &self.shared.trusted_proxies,
+        ))
+    }
+
+    /// Takes a new connection from `peer` through the per-address limits:
+    /// `Ok(Some(ip))` when counted (release it when the connection goes),
+    /// `Ok(None)` when not counted, or the 429 refusing it.
+    pub(super) fn admit_ip(&mut self, peer: Option<IpAddr>) -> Result<Option<IpAddr>, Vec<u8>> {
+        let Some(ip) = peer.filter(|ip| self.shared.per_ip.counts(*ip)) else {
+            return Ok(None);
+        };
+        match self.shared.per_ip.admit(ip, self.shared.now_ms()) {
+            Ok(()) => Ok(Some(ip)),
+            Err(why) => {
+                let message = match why {
+                    per_ip::Refusal::Connections => {
+                        "too many connections from your address (limits.max_connections_per_ip)"
+                    }
+                    per_ip::Refusal::Handshakes => {
+                        "too many new connections from your address (limits.handshakes_per_ip_per_sec)"
+                    }
+                };
+                debug!(core = self.id, %ip, ?why, "upgrade refused by the per-address limits");
+                Err(error_response(
+                    429,
+                    "rate_limited",
+                    message,
+                    &[("retry-after", "1")],
+                ))
+            }
+        }
     }
 
     pub(super) fn new_session(&mut self, identity: Option<Identity>) -> Session {

@@ -62,6 +62,10 @@ pub struct Request {
     pub origin: Option<String>,
     /// `Host`.
     pub host: Option<String>,
+    /// `X-Forwarded-For` (several headers joined with `,`).
+    pub forwarded_for: Option<String>,
+    /// `Forwarded` (RFC 7239; several joined with `,`).
+    pub forwarded: Option<String>,
     /// `Accept` names OpenMetrics (`/metrics` answers in it, else in the
     /// Prometheus text format 0.0.4).
     pub accepts_openmetrics: bool,
@@ -89,6 +93,16 @@ impl Request {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
+    }
+}
+
+fn join_header(slot: &mut Option<String>, value: &str) {
+    match slot {
+        Some(s) => {
+            s.push(',');
+            s.push_str(value);
+        }
+        None => *slot = Some(value.to_string()),
     }
 }
 
@@ -153,6 +167,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             out.origin = Some(value.to_string());
         } else if h.name.eq_ignore_ascii_case("host") {
             out.host = Some(value.to_string());
+        } else if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            join_header(&mut out.forwarded_for, value);
+        } else if h.name.eq_ignore_ascii_case("forwarded") {
+            join_header(&mut out.forwarded, value);
         } else if h.name.eq_ignore_ascii_case("accept") {
             out.accepts_openmetrics |= value.split(',').any(|t| {
                 t.trim()

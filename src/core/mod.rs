@@ -30,6 +30,8 @@ pub mod http;
 pub mod listener;
 pub mod local_rooms;
 pub mod outq;
+pub mod per_ip;
+pub mod proxy;
 pub mod sockio;
 mod sse;
 mod timers;
@@ -107,6 +109,10 @@ pub struct Shared {
     pub auth: Authenticator,
     /// `auth.allowed_origins`.
     pub origins: cors::Origins,
+    /// Connections and handshakes per client address.
+    pub per_ip: per_ip::PerIp,
+    /// `proxy.trusted`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// tungstenite settings for `/ws`.
     pub ws_config: WebSocketConfig,
     /// tungstenite settings for `/echo`.
@@ -155,6 +161,22 @@ impl Shared {
                 &config.auth.default_rooms,
             ),
             origins: cors::Origins::new(&config.auth.allowed_origins),
+            trusted_proxies: config
+                .proxy
+                .trusted
+                .iter()
+                .filter_map(|n| crate::config::parse_net(n))
+                .collect(),
+            per_ip: per_ip::PerIp::new(per_ip::Limits {
+                max_connections: l.max_connections_per_ip,
+                per_sec: l.handshakes_per_ip_per_sec,
+                burst: l.handshakes_per_ip_burst,
+                exempt: l
+                    .per_ip_exempt
+                    .iter()
+                    .filter_map(|n| crate::config::parse_net(n))
+                    .collect(),
+            }),
             ws_config,
             echo_config,
             cores: (0..cores).map(|_| CoreStats::default()).collect(),

@@ -16,7 +16,7 @@
 //! This module must not change the shared frames: it re-frames each event
 //! as SSE text per stream, which is why SSE is not the fan-out fast path.
 
-use super::conn::{Conn, State};
+use super::conn::{Conn, State, Then};
 use super::{Core, TimerKind, http, would_block};
 use crate::auth::Identity;
 use crate::engine::{Command, ConnRef};
@@ -142,16 +142,30 @@ impl Core {
             (None, Some(q)) => parse_cursor(&q),
             (None, None) => Vec::new(),
         };
+        let ip = match self.admit_ip(self.client_ip(key, req)) {
+            Ok(ip) => ip,
+            Err(resp) => {
+                self.metrics.http_error(429);
+                return self.respond(key, resp, Then::Close);
+            }
+        };
         let max = self.shared.config.limits.max_connections;
         if self.shared.connections.fetch_add(1, Ordering::Relaxed) >= max {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            if let Some(ip) = ip {
+                self.shared.per_ip.release(ip);
+            }
             return self.http_error(key, 503, "overloaded", "connection limit reached");
         }
         let Some(conn) = self.conns.get_mut(key) else {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            if let Some(ip) = ip {
+                self.shared.per_ip.release(ip);
+            }
             return;
         };
         conn.counted = true;
+        conn.ip = ip;
         let generation = conn.generation;
         let exp = ident.exp;
         let mut names_dedup = names.clone();

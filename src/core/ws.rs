@@ -658,6 +658,9 @@ impl Core {
         if conn.counted {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         }
+        if let Some(ip) = conn.ip {
+            self.shared.per_ip.release(ip);
+        }
         match conn.state {
             State::Ws(ws) => {
                 let WsConn {

@@ -109,6 +109,14 @@ impl Client {
         let stream = TcpStream::connect(&host).map_err(|e| ConnectError::Other(e.to_string()))?;
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
+        Self::try_over(req, stream)
+    }
+
+    /// The WebSocket handshake for `req` over an already connected `stream`.
+    pub fn try_over(
+        req: impl tungstenite::client::IntoClientRequest,
+        stream: TcpStream,
+    ) -> Result<Client, ConnectError> {
         match tungstenite::client(req, stream) {
             Ok((ws, _)) => Ok(Client { ws }),
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
