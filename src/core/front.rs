@@ -163,10 +163,13 @@ impl Core {
                     h.buf.extend_from_slice(&self.read_buf[..n]);
                     if !h.proxy_done {
                         // A trusted proxy may put a PROXY header first.
+                        // (No getpeername unless proxies are configured.)
                         let trusted = &self.shared.trusted_proxies;
-                        let peer = conn.stream.peer_addr().ok().map(|a| a.ip());
                         if trusted.is_empty()
-                            || !peer.is_some_and(|p| trusted.iter().any(|t| t.contains(&p)))
+                            || !conn
+                                .stream
+                                .peer_addr()
+                                .is_ok_and(|a| trusted.iter().any(|t| t.contains(&a.ip())))
                         {
                             h.proxy_done = true;
                         } else {
