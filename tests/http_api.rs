@@ -171,12 +171,42 @@ fn large_bodies_are_read_whole() {
     );
 }
 
+/// The next notification that is not a reachability probe.
+fn next_note(c: &mut Client) -> serde_json::Value {
+    loop {
+        let n = c.recv_until("notification");
+        if n["data"] != "probe" {
+            return n;
+        }
+    }
+}
+
 #[test]
 fn notify_and_broadcast_count_the_connections_reached() {
     let s = server(|_| {});
     let mut a1 = member(&s, "ann", "");
     let mut a2 = member(&s, "ann", "");
     let mut b = member(&s, "bob", "");
+    // A connection reaches its user's home core asynchronously to its
+    // `welcome`: wait until each user is reachable (one probe each) before
+    // counting.
+    for (user, conns) in [("ann", 2), ("bob", 1)] {
+        let t = std::time::Instant::now();
+        loop {
+            let (_, body) = api(
+                s.addr,
+                "POST",
+                "/api/notify",
+                Some(KEY),
+                Some(&json!({"user":user,"data":"probe"})),
+            );
+            if body["delivered"] == conns {
+                break;
+            }
+            assert!(t.elapsed() < WAIT, "{user} never reachable: {body}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     let (status, body) = api(
         s.addr,
         "POST",
@@ -190,7 +220,7 @@ fn notify_and_broadcast_count_the_connections_reached() {
         "{body}"
     );
     for c in [&mut a1, &mut a2] {
-        let n = c.recv_until("notification");
+        let n = next_note(c);
         assert_eq!(n["data"], json!({"n":1}));
         assert!(n["ts"].as_u64().is_some());
     }
@@ -202,7 +232,7 @@ fn notify_and_broadcast_count_the_connections_reached() {
         Some(&json!({"users":["ann","bob","nobody"],"data":2})),
     );
     assert_eq!(body["delivered"], 3, "{body}");
-    b.recv_until("notification");
+    next_note(&mut b);
     let (status, body) = api(
         s.addr,
         "POST",
@@ -225,9 +255,9 @@ fn notify_and_broadcast_count_the_connections_reached() {
     );
     for c in [&mut a1, &mut a2, &mut b] {
         // The second notify reached ann's connections too.
-        let mut n = c.recv_until("notification");
+        let mut n = next_note(c);
         if n["data"] == 2 {
-            n = c.recv_until("notification");
+            n = next_note(c);
         }
         assert_eq!(n["data"], "all");
     }
