@@ -196,8 +196,16 @@ fn malformed_request_line_is_400() {
 fn silent_connection_is_dropped_at_the_handshake_deadline() {
     let s = server(); // auth.timeout = 1 s
     let mut sock = TcpStream::connect(s.addr).unwrap();
+    let start = Instant::now();
     let got = closed_within(&mut sock, Duration::from_secs(5))
         .expect("a connection that sends nothing is still open 5 s later");
+    // Bounded from both sides: not before the deadline (the server's
+    // clock may trail the accept by a loop iteration; 800 ms of 1 s).
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "dropped {:?} after connecting, before the 1 s deadline",
+        start.elapsed()
+    );
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
 }
 
