@@ -75,6 +75,12 @@ fn presence_is_per_user_across_cores_and_offline_waits_for_the_grace() {
         gone.elapsed() >= Duration::from_millis(900),
         "offline came before the grace"
     );
+    // And not much after it (1 s grace; the slack is for a loaded machine).
+    assert!(
+        gone.elapsed() < Duration::from_secs(5),
+        "offline came {:?} after the last connection, for a 1 s grace",
+        gone.elapsed()
+    );
 }
 
 #[test]

@@ -210,8 +210,11 @@ fn memory_stays_bounded_while_members_never_read() {
     assert_eq!(read, sent, "the reading member got every message");
     let growth_mib = peak.saturating_sub(baseline) / 1024;
     eprintln!("server RSS: baseline {baseline} KiB, peak {peak} KiB (+{growth_mib} MiB)");
+    // What may legitimately be held: two stuck backlogs of 512 KiB, the
+    // history (10 × 60 KB) and allocator slack; measured +1–2 MiB here.
+    // 6 MiB would catch a backlog bound overshot by more than ~4×.
     assert!(
-        growth_mib < 48,
+        growth_mib < 6,
         "server RSS grew by {growth_mib} MiB (baseline {baseline} KiB, peak {peak} KiB) \
          while {} MB went to members that do not read",
         MESSAGES * DATA_LEN as u64 / 1_000_000
