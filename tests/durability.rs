@@ -15,16 +15,6 @@ use std::time::Duration;
 /// Rooms with different home cores on a 2-core server.
 const ROOMS: [&str; 4] = ["dur-a", "dur-b", "dur-c", "dur-d"];
 
-fn env<'a>(dir: &'a str, mode: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CORECAST_CORES", "2"),
-        ("CORECAST_HISTORY__DURABILITY", mode),
-        ("CORECAST_HISTORY__PATH", dir),
-        ("CORECAST_LIMITS__RATE_PER_SEC", "1000000"),
-        ("CORECAST_LIMITS__RATE_BURST", "1000000"),
-    ]
-}
-
 /// Joins `room` with `since` (epoch, seq) and returns the replayed messages
 /// and the ack.
 fn rejoin(c: &mut Client, room: &str, epoch: &str, seq: u64) -> (Vec<Value>, Value) {
@@ -77,7 +67,7 @@ fn join_epoch(c: &mut Client, room: &str) -> (String, u64) {
 fn acknowledged_messages_survive_kill_9_in_sync_mode() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
-    let mut server = ChildServer::start(&env(path, "sync"));
+    let mut server = ChildServer::start(&durable_env(path, "sync"));
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
     let mut epochs = HashMap::new();
     for room in ROOMS {
@@ -139,7 +129,7 @@ fn acknowledged_messages_survive_kill_9_in_sync_mode() {
         "the kill must land with publishes in flight"
     );
 
-    let server = ChildServer::start(&env(path, "sync"));
+    let server = ChildServer::start(&durable_env(path, "sync"));
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
     let mut stored = 0;
     for room in ROOMS {
@@ -201,7 +191,7 @@ fn since_from_before_a_clean_restart_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
     for mode in ["sync", "async"] {
-        let server = ChildServer::start(&env(path, mode));
+        let server = ChildServer::start(&durable_env(path, mode));
         let (mut a, _) = Client::connect_welcome(&server.url("/ws"));
         let (mut b, _) = Client::connect_welcome(&server.url("/ws"));
         let room = format!("restart-{mode}");
@@ -223,7 +213,7 @@ fn since_from_before_a_clean_restart_recovers() {
         server.signal(libc::SIGTERM);
         assert_eq!(server.wait_exit(WAIT), Some(0));
 
-        let server = ChildServer::start(&env(path, mode));
+        let server = ChildServer::start(&durable_env(path, mode));
         let (mut a, _) = Client::connect_welcome(&server.url("/ws"));
         let (replay, ack) = rejoin(&mut a, &room, &epoch, pos);
         assert_eq!(ack["recovered"], true, "{mode}: {ack}");
@@ -255,7 +245,7 @@ fn since_from_before_a_clean_restart_recovers() {
 fn retention_bounds_what_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
-    let mut e = env(path, "sync");
+    let mut e = durable_env(path, "sync");
     e.push(("CORECAST_HISTORY__SIZE", "10"));
     let mut server = ChildServer::start(&e);
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
@@ -284,7 +274,7 @@ fn retention_bounds_what_survives_a_restart() {
 
     // The age bound: with a 1 s ttl everything is gone after a restart 2 s
     // later, though the room keeps its position.
-    let mut e = env(path, "sync");
+    let mut e = durable_env(path, "sync");
     e.push(("CORECAST_HISTORY__TTL", "1"));
     std::thread::sleep(Duration::from_millis(2100));
     let server = ChildServer::start(&e);
@@ -301,7 +291,7 @@ fn retention_bounds_what_survives_a_restart() {
 fn unclean_async_run_gives_rooms_a_new_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
-    let mut server = ChildServer::start(&env(path, "async"));
+    let mut server = ChildServer::start(&durable_env(path, "async"));
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
     let (epoch, _) = join_epoch(&mut c, "unclean");
     for i in 0..5 {
@@ -315,7 +305,7 @@ fn unclean_async_run_gives_rooms_a_new_epoch() {
     server.signal(libc::SIGKILL);
     server.child.wait().unwrap();
     drop(c);
-    let server = ChildServer::start(&env(path, "async"));
+    let server = ChildServer::start(&durable_env(path, "async"));
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
     let (replay, ack) = rejoin(&mut c, "unclean", &epoch, 5);
     assert_eq!(
@@ -331,7 +321,7 @@ fn unclean_async_run_gives_rooms_a_new_epoch() {
 fn a_corrupt_store_stops_the_start_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
-    let mut server = ChildServer::start(&env(path, "sync"));
+    let mut server = ChildServer::start(&durable_env(path, "sync"));
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
     join_epoch(&mut c, "corrupt");
     for i in 0..50 {
@@ -360,7 +350,7 @@ fn a_corrupt_store_stops_the_start_with_a_clear_message() {
     assert!(damaged > 0);
     let out = Command::new(env!("CARGO_BIN_EXE_corecast"))
         .env_clear()
-        .envs(env(path, "sync"))
+        .envs(durable_env(path, "sync"))
         .env("CORECAST_LISTEN", "127.0.0.1:0")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -424,7 +414,7 @@ impl Drop for SmallDisk {
 fn a_full_disk_fails_publishes_with_internal_and_never_acks_them() {
     let disk = SmallDisk::mount("3m");
     let path = disk.dir.path().to_str().unwrap().to_string();
-    let mut server = ChildServer::start(&env(&path, "sync"));
+    let mut server = ChildServer::start(&durable_env(&path, "sync"));
     let (mut p, _) = Client::connect_welcome(&server.url("/ws"));
     let (mut m, _) = Client::connect_welcome(&server.url("/ws"));
     join_epoch(&mut p, "full");
@@ -505,7 +495,7 @@ fn a_full_disk_fails_publishes_with_internal_and_never_acks_them() {
 fn room_patterns_choose_memory_or_async_per_room() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
-    let mut e = env(path, "sync");
+    let mut e = durable_env(path, "sync");
     e.push(("CORECAST_HISTORY__MEMORY_ROOMS", "eph:*"));
     e.push(("CORECAST_HISTORY__ASYNC_ROOMS", "fast:*,live"));
     let mut server = ChildServer::start(&e);

@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 const UPGRADE_HEADERS: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
-/// The value of header `name` in a response head (case-insensitive name).
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 /// Asserts a JSON error response with `status` and error `code`.
 fn assert_json_error(resp: &(u16, String, String), status: u16, code: &str) -> Value {
     let (got, head, body) = resp;

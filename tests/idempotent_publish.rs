@@ -125,16 +125,6 @@ fn a_key_used_again_is_acknowledged_with_the_first_seq_and_not_published() {
     );
 }
 
-fn durable_env<'a>(dir: &'a str, mode: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CORECAST_CORES", "2"),
-        ("CORECAST_HISTORY__DURABILITY", mode),
-        ("CORECAST_HISTORY__PATH", dir),
-        ("CORECAST_LIMITS__RATE_PER_SEC", "1000000"),
-        ("CORECAST_LIMITS__RATE_BURST", "1000000"),
-    ]
-}
-
 #[test]
 fn keys_survive_a_restart_and_wait_with_a_message_for_its_fsync() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,13 +17,6 @@ fn server(origins: &[&str]) -> TestServer {
     })
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 fn upgrade(s: &TestServer, origin: Option<&str>) -> Result<Value, (u16, String)> {
     let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
     match Client::try_connect_with(&s.url("/ws"), &headers) {

@@ -353,6 +353,26 @@ pub fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
     (status, head.to_string(), body.to_string())
 }
 
+/// The value of header `name` in a response head (case-insensitive name).
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Environment of a 2-core server binary with its history in `dir` under
+/// durability `mode`, rate limits lifted.
+pub fn durable_env<'a>(dir: &'a str, mode: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CORECAST_CORES", "2"),
+        ("CORECAST_HISTORY__DURABILITY", mode),
+        ("CORECAST_HISTORY__PATH", dir),
+        ("CORECAST_LIMITS__RATE_PER_SEC", "1000000"),
+        ("CORECAST_LIMITS__RATE_BURST", "1000000"),
+    ]
+}
+
 /// `GET path` over raw HTTP.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     http_raw(
