@@ -220,6 +220,9 @@ fn without_a_list_every_origin_is_allowed() {
         header(&head, "access-control-allow-origin"),
         Some("https://anything.example.net")
     );
+    // Only a well-formed origin is echoed back into a header.
+    let (_, head, _) = raw(&s, "GET", "/api/stats", "Origin: <script> x\r\n", "");
+    assert_eq!(header(&head, "access-control-allow-origin"), None, "{head}");
 }
 
 #[test]

@@ -39,6 +39,12 @@ impl Origins {
         }
     }
 
+    /// Whether `origin` is a well-formed origin (only those are echoed in
+    /// `Access-Control-Allow-Origin`).
+    pub fn well_formed(origin: &str) -> bool {
+        parse(origin, false).is_some()
+    }
+
     /// Whether any origin is allowed.
     pub fn any(&self) -> bool {
         self.patterns.is_none()

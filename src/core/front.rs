@@ -280,7 +280,9 @@ impl Core {
                 );
                 return self.respond(key, resp, Then::Close);
             }
-            if let Some(origin) = origin.filter(|_| matches!(route, Route::Sse | Route::Api)) {
+            if let Some(origin) = origin.filter(|o| {
+                matches!(route, Route::Sse | Route::Api) && super::cors::Origins::well_formed(o)
+            }) {
                 if req.method == "OPTIONS" {
                     return self.respond(key, super::cors::preflight(origin), Then::Close);
                 }
@@ -458,11 +460,11 @@ impl Core {
     /// `Ok(Some(ip))` when counted (release it when the connection goes),
     /// `Ok(None)` when not counted, or the 429 refusing it.
     pub(super) fn admit_ip(&mut self, peer: Option<IpAddr>) -> Result<Option<IpAddr>, Vec<u8>> {
-        let Some(ip) = peer.filter(|ip| self.shared.per_ip.counts(*ip)) else {
+        let Some(ip) = peer else {
             return Ok(None);
         };
         match self.shared.per_ip.admit(ip, self.shared.now_ms()) {
-            Ok(()) => Ok(Some(ip)),
+            Ok(counted) => Ok(counted.then_some(ip)),
             Err(why) => {
                 let message = match why {
                     per_ip::Refusal::Connections => {

@@ -82,11 +82,12 @@ impl PerIp {
     }
 
     /// Admits one new connection from `ip` at `now_ms` (a monotonic clock):
-    /// takes a handshake token and counts the connection, or refuses.
-    /// An admitted connection must be [`release`](Self::release)d once.
-    pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
+    /// takes a handshake token and counts the connection (`Ok(true)`), or
+    /// refuses; `Ok(false)`: an exempt address, not counted. A counted
+    /// connection must be [`release`](Self::release)d once.
+    pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<bool, Refusal> {
         if !self.counts(ip) {
-            return Ok(());
+            return Ok(false);
         }
         let l = &self.limits;
         let mut map = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
@@ -108,14 +109,11 @@ impl PerIp {
         }
         e.tokens -= 1.0;
         e.conns += 1;
-        Ok(())
+        Ok(true)
     }
 
-    /// A connection admitted from `ip` is gone.
+    /// A connection counted under `ip` is gone.
     pub fn release(&self, ip: IpAddr) {
-        if !self.counts(ip) {
-            return;
-        }
         let mut map = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = map.get_mut(&ip) {
             e.conns = e.conns.saturating_sub(1);
@@ -165,16 +163,16 @@ mod tests {
         let t = table(2, 1000.0, 1000.0);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(t.admit(a, 0), Ok(()));
-        assert_eq!(t.admit(a, 0), Ok(()));
+        assert_eq!(t.admit(a, 0), Ok(true));
+        assert_eq!(t.admit(a, 0), Ok(true));
         assert_eq!(t.admit(a, 0), Err(Refusal::Connections));
-        assert_eq!(t.admit(b, 0), Ok(()), "another address is unaffected");
+        assert_eq!(t.admit(b, 0), Ok(true), "another address is unaffected");
         t.release(a);
         assert_eq!(t.connections(a), 1);
-        assert_eq!(t.admit(a, 0), Ok(()));
+        assert_eq!(t.admit(a, 0), Ok(true));
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         for _ in 0..10 {
-            assert_eq!(t.admit(lo, 0), Ok(()), "exempt");
+            assert_eq!(t.admit(lo, 0), Ok(false), "exempt");
         }
         assert_eq!(t.connections(lo), 0);
     }
@@ -184,11 +182,11 @@ mod tests {
         let t = table(0, 10.0, 3.0);
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         for _ in 0..3 {
-            assert_eq!(t.admit(a, 1000), Ok(()));
+            assert_eq!(t.admit(a, 1000), Ok(true));
         }
         assert_eq!(t.admit(a, 1000), Err(Refusal::Handshakes));
         assert_eq!(t.admit(a, 1050), Err(Refusal::Handshakes), "half a token");
-        assert_eq!(t.admit(a, 1100), Ok(()), "100 ms = one token at 10/s");
+        assert_eq!(t.admit(a, 1100), Ok(true), "100 ms = one token at 10/s");
     }
 
     #[test]

@@ -172,7 +172,11 @@ impl Core {
         names_dedup.sort();
         names_dedup.dedup();
         let mut head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\nconnection: close\r\nx-accel-buffering: no\r\n\r\n: corecast\n\n".to_vec();
-        if let Some(origin) = &req.origin {
+        if let Some(origin) = req
+            .origin
+            .as_deref()
+            .filter(|o| super::cors::Origins::well_formed(o))
+        {
             // Allowed (the front door refused the others): a page of that
             // origin may read the stream.
             super::cors::add_to_response(&mut head, origin);
