@@ -86,6 +86,27 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Proxies in front of the server.
     pub proxy: ProxyConfig,
+    /// TLS on the listener (absent: plain TCP).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: with `cert` and `key` the listener speaks TLS for everything on
+/// its port (wss, https API, SSE, health, metrics, the served pages);
+/// SIGHUP reads both files again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain, leaf first.
+    pub cert: Option<String>,
+    /// PEM file of its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<String>,
+}
+
+impl TlsConfig {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
 }
 
 /// `[proxy]`: which peers are proxies whose word on the client's address
@@ -358,6 +379,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             cluster: ClusterConfig::default(),
             proxy: ProxyConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -520,6 +542,9 @@ impl Config {
                 "limits.handshakes_per_ip_per_sec must be > 0 and limits.handshakes_per_ip_burst >= 1"
                     .into(),
             );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return err("tls: `cert` and `key` go together (set both, or neither)".into());
         }
         for n in &self.proxy.trusted {
             if parse_net(n).is_none() {

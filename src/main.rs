@@ -158,6 +158,7 @@ fn run(config: Config) -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -173,11 +174,27 @@ fn run(config: Config) -> ExitCode {
         }
     };
     let handle = server.shutdown_handle();
+    let tls = server.tls();
     std::thread::Builder::new()
         .name("corecast-signals".into())
         .spawn(move || {
             let mut first = true;
             for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    match &tls {
+                        None => info!("SIGHUP: no [tls] configured, nothing to reload"),
+                        Some(t) => match t.reload() {
+                            Ok(()) => {
+                                let (cert, key) = t.files();
+                                info!(cert, key, "SIGHUP: TLS certificate reloaded; new handshakes use it");
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays")
+                            }
+                        },
+                    }
+                    continue;
+                }
                 if first {
                     info!(
                         signal = sig,

@@ -78,6 +78,14 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let cores = config.core_count();
+        // Certificates before anything binds: a bad file stops the start.
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                crate::tls::ServerTls::load(cert, key)
+                    .map_err(|e| StartError::Config(ConfigError(format!("tls: {e}"))))?,
+            )),
+            _ => None,
+        };
         // The store loads before anything listens: a corrupt store stops
         // the start, and every room's history is in place for the first
         // client.
@@ -116,7 +124,9 @@ impl Server {
         }
         let bus = Bus::new(senders, wakers);
         let node = config.node_name(addr);
-        let shared = Arc::new(Shared::new(config, cores, node));
+        let mut shared = Shared::new(config, cores, node);
+        shared.tls = tls;
+        let shared = Arc::new(shared);
         let mut loaded: Vec<Vec<_>> = (0..cores).map(|_| Vec::new()).collect();
         let store = match opened {
             None => None,
@@ -223,7 +233,7 @@ impl Server {
                 })?;
             threads.push(handle);
         }
-        info!(%addr, cores, pinned = pin, "listening");
+        info!(%addr, cores, pinned = pin, tls = shared.tls.is_some(), "listening");
         Ok(Server {
             addr,
             shared,
@@ -237,6 +247,12 @@ impl Server {
     /// The bound address (resolves a requested port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The listener's TLS, to reload its certificate (SIGHUP); `None`
+    /// without `[tls]`.
+    pub fn tls(&self) -> Option<Arc<crate::tls::ServerTls>> {
+        self.shared.tls.clone()
     }
 
     /// Number of core loops.

@@ -9,11 +9,11 @@
 //! ([`super::ws`]) and SSE ([`super::sse`]) do.
 
 use super::outq::OutQueue;
+use super::stream::Stream;
 use super::{http, sse};
 use crate::proto::close;
 use crate::proto::session::Session;
 use bytes::Bytes;
-use mio::net::TcpStream;
 use std::net::IpAddr;
 use tungstenite::protocol::WebSocketContext;
 
@@ -110,7 +110,8 @@ pub(super) enum State {
 }
 
 pub(super) struct Conn {
-    pub(super) stream: TcpStream,
+    /// The socket (and its TLS session).
+    pub(super) stream: Stream,
     pub(super) generation: u32,
     /// Counted in `Shared::connections`.
     pub(super) counted: bool,

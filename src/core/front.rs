@@ -11,6 +11,7 @@
 use super::conn::{Conn, State, Then, Upgrade, WsConn};
 use super::http::{self, Route, check_upgrade, error_response, json_response, switching_protocols};
 use super::outq::OutQueue;
+use super::stream::{self, Stream};
 use super::{ACCEPT_RETRY_MS, Core, TimerKind, would_block};
 use super::{per_ip, proxy, web};
 use crate::auth::Identity;
@@ -35,7 +36,7 @@ impl Core {
                 return;
             };
             match listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
@@ -47,6 +48,23 @@ impl Core {
                         warn!(core = self.id, error = %e, "register failed; connection dropped");
                         continue;
                     }
+                    let stream = match &self.shared.tls {
+                        None => Stream::plain(stream),
+                        Some(tls) => {
+                            let proxied = self
+                                .shared
+                                .trusted_proxies
+                                .iter()
+                                .any(|t| t.contains(&peer.ip()));
+                            match Stream::tls(stream, tls.config(), proxied) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    warn!(core = self.id, error = %e, "TLS session not created; connection dropped");
+                                    continue;
+                                }
+                            }
+                        }
+                    };
                     self.next_generation = self.next_generation.wrapping_add(1);
                     let generation = self.next_generation;
                     entry.insert(Conn {
@@ -84,9 +102,14 @@ impl Core {
     /// `hangup`: the event also reported the peer's FIN or an error, which
     /// only a read past the data shows (so no read may be skipped).
     pub(super) fn conn_event(&mut self, key: usize, readable: bool, writable: bool, hangup: bool) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        // Records a full socket did not take go first (TLS only).
+        if writable && conn.stream.is_tls() && conn.stream.flush_tls().is_err() {
+            self.remove_conn(key);
+            return self.settle();
+        }
         match conn.state {
             State::Http(_) => {
                 if writable {
@@ -161,6 +184,11 @@ impl Core {
                         continue; // closing after a response (or lingering): discard
                     }
                     h.buf.extend_from_slice(&self.read_buf[..n]);
+                    if !h.proxy_done && conn.stream.is_tls() {
+                        // Read before the TLS handshake, by the stream.
+                        h.proxy_source = conn.stream.proxy_source();
+                        h.proxy_done = true;
+                    }
                     if !h.proxy_done {
                         // A trusted proxy may put a PROXY header first.
                         // (No getpeername unless proxies are configured.)
@@ -228,7 +256,23 @@ impl Core {
                 }
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.remove_conn(key),
+                Err(e) if stream::is_plain_http(&e) => {
+                    debug!(core = self.id, "plain HTTP on the TLS port");
+                    self.metrics.http_error(400);
+                    let r = error_response(
+                        400,
+                        "bad_request",
+                        "this port speaks TLS: use https:// or wss://",
+                        &[],
+                    );
+                    return self.respond(key, r, Then::Close);
+                }
+                Err(e) => {
+                    if conn.stream.is_tls() {
+                        debug!(core = self.id, error = %e, "TLS connection failed");
+                    }
+                    return self.remove_conn(key);
+                }
             }
         }
     }
@@ -577,6 +621,11 @@ impl Core {
         if h.out.is_empty() {
             return; // nothing was being written
         }
+        match conn.stream.flush_tls() {
+            Ok(true) => {}
+            Ok(false) => return, // the rest goes out on the writable event
+            Err(_) => return self.remove_conn(key),
+        }
         h.out = Vec::new();
         match std::mem::replace(&mut h.then, Then::Close) {
             Then::Upgrade(up) => self.upgrade(key, *up),
@@ -584,7 +633,7 @@ impl Core {
                 if h.peer_closed {
                     return self.remove_conn(key);
                 }
-                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                conn.stream.shutdown_write();
                 h.lingering = true;
             }
         }

@@ -34,6 +34,7 @@ pub mod per_ip;
 pub mod proxy;
 pub mod sockio;
 mod sse;
+mod stream;
 mod timers;
 mod web;
 mod ws;
@@ -113,6 +114,8 @@ pub struct Shared {
     pub per_ip: per_ip::PerIp,
     /// `proxy.trusted`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The listener's TLS (`[tls]`), set by [`crate::Server::start`].
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// tungstenite settings for `/ws`.
     pub ws_config: WebSocketConfig,
     /// tungstenite settings for `/echo`.
@@ -167,6 +170,7 @@ impl Shared {
                 .iter()
                 .filter_map(|n| crate::config::parse_net(n))
                 .collect(),
+            tls: None,
             per_ip: per_ip::PerIp::new(per_ip::Limits {
                 max_connections: l.max_connections_per_ip,
                 per_sec: l.handshakes_per_ip_per_sec,

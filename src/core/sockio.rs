@@ -16,7 +16,7 @@
 //! frame never precedes queued data. This module must not parse anything.
 
 use super::outq::OutQueue;
-use mio::net::TcpStream;
+use super::stream::Stream;
 use std::io::{self, Read, Write};
 
 /// Size of the per-core scratch: the most one `read` syscall takes in.
@@ -76,8 +76,8 @@ impl ReadScratch {
 
 /// The stream tungstenite sees for one connection.
 pub struct Io<'a> {
-    /// The socket (writes go straight to it).
-    pub tcp: &'a mut TcpStream,
+    /// The socket (writes go straight to it, through TLS if it has it).
+    pub(super) tcp: &'a mut Stream,
     /// The core's scratch.
     pub scratch: &'a mut ReadScratch,
     /// The connection's stashed input.

@@ -29,7 +29,10 @@ impl Core {
     /// Reads and handles frames. `may_skip_eagain`: this follows a readiness
     /// event without hangup, so a short read proves the socket drained.
     pub(super) fn ws_read(&mut self, key: usize, may_skip_eagain: bool) {
-        self.scratch.begin(may_skip_eagain);
+        // A TLS read returns decrypted records, whose size says nothing
+        // about what is left in the socket.
+        let plain = self.conns.get(key).is_some_and(|c| !c.stream.is_tls());
+        self.scratch.begin(may_skip_eagain && plain);
         self.ws_read_frames(key);
         let pending = match self.conns.get_mut(key) {
             Some(Conn {
@@ -175,9 +178,9 @@ impl Core {
         };
         match ws.ctx.flush(&mut io) {
             Ok(()) => {
-                if ws.failed {
+                if ws.failed && conn.stream.flush_tls().unwrap_or(true) {
                     // The close frame is out: end our side so the peer sees EOF.
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                    conn.stream.shutdown_write();
                 }
             }
             Err(e) if ws_would_block(&e) => {}
@@ -671,7 +674,10 @@ impl Core {
             State::Sse(s) => self.sse_gone(*s),
             State::Http(_) => {}
         }
-        // Dropping the stream closes the socket (and removes it from epoll).
+        // Dropping the stream closes the socket (and removes it from epoll);
+        // a TLS peer is told first (best effort).
+        let mut stream = conn.stream;
+        stream.close_notify();
     }
 
     /// A WebSocket connection is gone: leave its rooms, uncount its user.

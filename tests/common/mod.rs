@@ -3,6 +3,8 @@
 //! WebSocket client (tungstenite) with timeouts, and raw HTTP requests.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use corecast::{Config, Server};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
