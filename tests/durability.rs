@@ -318,7 +318,8 @@ fn retention_bounds_what_survives_a_restart() {
     drop(server);
 
     // The age bound: with a 1 s ttl everything is gone after a restart 2 s
-    // later, though the room keeps its position.
+    // later, though the room keeps its position. (The sleep is the time
+    // that must pass, not a wait for the server.)
     let mut e = durable_env(path, "sync");
     e.push(("CORECAST_HISTORY__TTL", "1"));
     std::thread::sleep(Duration::from_millis(2100));
@@ -345,7 +346,10 @@ fn unclean_async_run_gives_rooms_a_new_epoch() {
             json!({"type":"publish","room":"unclean","data":{"i":i}}),
         );
     }
-    // Give the background writer time to write, then crash.
+    // An async write has no outside signal (no ack waits for it, which is
+    // the point of the mode); the background writer takes each message at
+    // once, so 300 ms is a margin for it before the crash. The epoch and
+    // recovery assertions below do not depend on it; `seq >= 5` does.
     std::thread::sleep(Duration::from_millis(300));
     server.signal(libc::SIGKILL);
     server.child.wait().unwrap();
@@ -553,8 +557,11 @@ fn room_patterns_choose_memory_or_async_per_room() {
             assert_eq!(a["type"], "ack", "{a}");
         }
     }
-    // Let the async writer write, then crash.
-    std::thread::sleep(Duration::from_millis(300));
+    // No wait needed before the crash: "keep" (sync) was published after
+    // the other rooms were acked, and async appends are queued for the
+    // store before their ack. The store takes its one queue in order and
+    // fdatasyncs fjall's one journal, so "keep"'s acks mean the async
+    // messages queued before them were written too.
     server.signal(libc::SIGKILL);
     server.child.wait().unwrap();
     drop(c);
