@@ -143,13 +143,9 @@ fn a_node_that_cannot_trust_redis_or_presents_no_certificate_stays_down() {
         (&anonymous, "CertificateRequired"),
         (&stranger, "UnknownCA"),
     ] {
-        std::thread::sleep(Duration::from_millis(500));
-        let (status, _, body) = http_get(node.addr, "/health");
-        assert_eq!(status, 503, "{body}");
-        assert!(body.contains(r#""redis":"down""#), "{body}");
-        let (mut c, _) = Client::connect_welcome(&node.url("/ws"));
-        let v = c.ask(json!({"type":"direct","to":"someone","data":1}));
-        assert_eq!(v["code"], "unavailable", "{v}");
+        // First a connection attempt that failed for the expected reason
+        // (the log says why), then the node must still be down: it stays
+        // down after trying, rather than merely not having tried yet.
         assert!(
             eventually(Duration::from_secs(5), || node
                 .log()
@@ -158,6 +154,12 @@ fn a_node_that_cannot_trust_redis_or_presents_no_certificate_stays_down() {
             "the log says why ({why}): {:?}",
             node.log()
         );
+        let (status, _, body) = http_get(node.addr, "/health");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains(r#""redis":"down""#), "{body}");
+        let (mut c, _) = Client::connect_welcome(&node.url("/ws"));
+        let v = c.ask(json!({"type":"direct","to":"someone","data":1}));
+        assert_eq!(v["code"], "unavailable", "{v}");
     }
     assert!(
         untrusting

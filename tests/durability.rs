@@ -1,8 +1,12 @@
 //! The durable history store, through the server binary: acknowledged
-//! messages survive `kill -9` in `sync` mode (with their seq and epoch, none
-//! duplicated), a client's `since` from before a restart still recovers,
-//! retention bounds what survives, an unclean async run gives rooms new
-//! epochs, and a corrupt store stops the server from starting.
+//! messages, and every message a member received, survive `kill -9` in
+//! `sync` mode (with their seq and epoch, none duplicated); a failing fsync
+//! (injected from outside with an `LD_PRELOAD` shim, since a `kill -9`
+//! keeps the page cache and cannot tell a store that fsyncs from one that
+//! does not) acks and delivers nothing and fails `/health`; a client's
+//! `since` from before a restart still recovers, retention bounds what
+//! survives, an unclean async run gives rooms new epochs, and a corrupt
+//! store stops the server from starting.
 
 mod common;
 
@@ -69,12 +73,30 @@ fn acknowledged_messages_survive_kill_9_in_sync_mode() {
     let path = dir.path().to_str().unwrap();
     let mut server = ChildServer::start(&durable_env(path, "sync"));
     let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
+    let (mut member, _) = Client::connect_welcome(&server.url("/ws"));
     let mut epochs = HashMap::new();
     for room in ROOMS {
         epochs.insert(room, join_epoch(&mut c, room).0);
+        join_epoch(&mut member, room);
     }
+    // A second connection in every room records every message it gets,
+    // until the connection dies with the server (what reached its socket
+    // before the kill counts as delivered).
+    let member = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Ok(v) = member.try_recv() {
+            if let Some(v) = v.filter(|v| v["type"] == "message") {
+                got.push(v);
+            }
+        }
+        got
+    });
+    // The publisher is a member of every room too.
+    let mut delivered = Vec::new();
     // Publish with ~200 in flight and kill the server while acks are still
-    // arriving: everything acknowledged before the kill must be there.
+    // arriving: everything acknowledged before the kill must be there, and
+    // everything delivered (in sync mode a message goes out only once it
+    // is durable).
     let kill_after = 1500;
     let mut acked: BTreeMap<usize, (String, u64)> = BTreeMap::new();
     let mut sent = 0;
@@ -86,7 +108,9 @@ fn acknowledged_messages_survive_kill_9_in_sync_mode() {
         }
         while sent - acked.len() > 200 || (acked.len() < kill_after && sent - acked.len() > 150) {
             let v = c.recv();
-            if v["type"] == "ack" {
+            if v["type"] == "message" {
+                delivered.push(v);
+            } else if v["type"] == "ack" {
                 let i = v["id"].as_u64().unwrap() as usize;
                 acked.insert(
                     i,
@@ -111,7 +135,9 @@ fn acknowledged_messages_survive_kill_9_in_sync_mode() {
     server.child.wait().unwrap();
     // Acks that were already on the wire count too.
     while let Ok(Some(v)) = c.try_recv() {
-        if v["type"] == "ack" {
+        if v["type"] == "message" {
+            delivered.push(v);
+        } else if v["type"] == "ack" {
             let i = v["id"].as_u64().unwrap() as usize;
             acked.insert(
                 i,
@@ -123,6 +149,13 @@ fn acknowledged_messages_survive_kill_9_in_sync_mode() {
         }
     }
     drop(c);
+    let by_member = member.join().unwrap();
+    assert!(
+        by_member.len() >= kill_after,
+        "the member got {} messages",
+        by_member.len()
+    );
+    delivered.extend(by_member);
     assert!(acked.len() >= kill_after);
     assert!(
         acked.len() < sent,
@@ -164,6 +197,17 @@ fn acknowledged_messages_survive_kill_9_in_sync_mode() {
                 );
             }
         }
+        // Delivered implies durable: whatever a member got before the
+        // kill is in the history, under the same seq and epoch.
+        for m in delivered.iter().filter(|m| m["room"] == room) {
+            let (seq, i) = (m["seq"].as_u64().unwrap(), m["data"]["i"].as_u64().unwrap());
+            assert_eq!(m["epoch"].as_str().unwrap(), epochs[room], "{m}");
+            assert_eq!(
+                by_seq.get(&seq),
+                Some(&(i as usize)),
+                "{room}: publish {i} was delivered as seq {seq} before the kill"
+            );
+        }
         stored += replay.len();
         // The room goes on from where it was.
         c.send(json!({"type":"publish","id":"next","room":room,"data":{}}));
@@ -181,8 +225,9 @@ fn acknowledged_messages_survive_kill_9_in_sync_mode() {
         acked.len()
     );
     eprintln!(
-        "crash test: {sent} sent, {} acked before kill -9, {stored} in history after restart",
-        acked.len()
+        "crash test: {sent} sent, {} acked and {} delivered before kill -9, {stored} in history after restart",
+        acked.len(),
+        delivered.len()
     );
 }
 
@@ -273,7 +318,8 @@ fn retention_bounds_what_survives_a_restart() {
     drop(server);
 
     // The age bound: with a 1 s ttl everything is gone after a restart 2 s
-    // later, though the room keeps its position.
+    // later, though the room keeps its position. (The sleep is the time
+    // that must pass, not a wait for the server.)
     let mut e = durable_env(path, "sync");
     e.push(("CORECAST_HISTORY__TTL", "1"));
     std::thread::sleep(Duration::from_millis(2100));
@@ -300,7 +346,10 @@ fn unclean_async_run_gives_rooms_a_new_epoch() {
             json!({"type":"publish","room":"unclean","data":{"i":i}}),
         );
     }
-    // Give the background writer time to write, then crash.
+    // An async write has no outside signal (no ack waits for it, which is
+    // the point of the mode); the background writer takes each message at
+    // once, so 300 ms is a margin for it before the crash. The epoch and
+    // recovery assertions below do not depend on it; `seq >= 5` does.
     std::thread::sleep(Duration::from_millis(300));
     server.signal(libc::SIGKILL);
     server.child.wait().unwrap();
@@ -508,8 +557,11 @@ fn room_patterns_choose_memory_or_async_per_room() {
             assert_eq!(a["type"], "ack", "{a}");
         }
     }
-    // Let the async writer write, then crash.
-    std::thread::sleep(Duration::from_millis(300));
+    // No wait needed before the crash: "keep" (sync) was published after
+    // the other rooms were acked, and async appends are queued for the
+    // store before their ack. The store takes its one queue in order and
+    // fdatasyncs fjall's one journal, so "keep"'s acks mean the async
+    // messages queued before them were written too.
     server.signal(libc::SIGKILL);
     server.child.wait().unwrap();
     drop(c);
@@ -539,4 +591,239 @@ fn room_patterns_choose_memory_or_async_per_room() {
         (json!(false), json!(0)),
         "{ack}"
     );
+}
+
+/// `tests/common/fsync_fail.c` compiled with `cc` (which Rust links with,
+/// so CI has it) into a shared object for `LD_PRELOAD`: while `trigger`
+/// exists, every fsync of the server process fails with EIO. A real fault
+/// from outside the process; the server has no hook for it.
+struct FsyncShim {
+    dir: tempfile::TempDir,
+}
+
+impl FsyncShim {
+    fn build() -> FsyncShim {
+        let dir = tempfile::tempdir().unwrap();
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/fsync_fail.c");
+        let out = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(dir.path().join("fsync_fail.so"))
+            .arg(src)
+            .output()
+            .expect("run cc (the fsync fault test compiles a small C shim)");
+        assert!(
+            out.status.success(),
+            "cc {src}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        FsyncShim { dir }
+    }
+
+    fn so(&self) -> String {
+        self.dir.path().join("fsync_fail.so").display().to_string()
+    }
+
+    fn trigger(&self) -> std::path::PathBuf {
+        self.dir.path().join("fail-now")
+    }
+
+    fn fail(&self) {
+        std::fs::write(self.trigger(), b"").unwrap();
+    }
+
+    fn heal(&self) {
+        std::fs::remove_file(self.trigger()).unwrap();
+    }
+}
+
+/// Reads `c` until `n` `message` events came (other events skipped);
+/// returns (seq, data.i) of each.
+fn messages(c: &mut Client, n: usize) -> Vec<(u64, u64)> {
+    (0..n)
+        .map(|_| {
+            let m = next_message(c);
+            (m["seq"].as_u64().unwrap(), m["data"]["i"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Asserts `c` receives no `message` within `ms` (the ping's pong ends the
+/// wait early only if nothing came before it).
+fn no_message_within(c: &mut Client, ms: u64, why: &str) {
+    let end = std::time::Instant::now() + Duration::from_millis(ms);
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        match c.recv_within(left.as_millis() as u64 + 1) {
+            Some(v) if v["type"] == "message" => panic!("{why}: got {v}"),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let ping = ask(c, json!({"type":"ping"}));
+    assert_eq!(ping["type"], "pong", "{why}: {ping}");
+}
+
+#[test]
+fn a_failing_fsync_acks_nothing_delivers_nothing_and_fails_health() {
+    let shim = FsyncShim::build();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let (so, trigger) = (shim.so(), shim.trigger().display().to_string());
+    let mut e = durable_env(path, "sync");
+    e.push(("LD_PRELOAD", &so));
+    e.push(("FSYNC_SHIM_FAIL_IF_EXISTS", &trigger));
+    let mut server = ChildServer::start(&e);
+    let (mut p, _) = Client::connect_welcome(&server.url("/ws"));
+    let (mut m, _) = Client::connect_welcome(&server.url("/ws"));
+    let (epoch, _) = join_epoch(&mut p, "fsync");
+    join_epoch(&mut m, "fsync");
+    // With the shim loaded but not failing, sync publishes are acked.
+    for i in 0..5 {
+        let a = ask(
+            &mut p,
+            json!({"type":"publish","room":"fsync","data":{"i":i}}),
+        );
+        assert_eq!(
+            (&a["type"], &a["seq"]),
+            (&json!("ack"), &json!(i + 1)),
+            "{a}"
+        );
+    }
+    assert_eq!(http_get(server.addr, "/health").0, 200);
+
+    // 400 publishes, about 100 in flight all along; the disk starts
+    // failing after the 50th ack of these, so the failure lands among
+    // publishes still waiting for their fsync, and every publish sent after
+    // it must fail too.
+    const N: u64 = 400;
+    let mut sent = 5;
+    let send = |p: &mut Client, sent: &mut u64| {
+        p.send(json!({"type":"publish","id":*sent,"room":"fsync","data":{"i":*sent}}));
+        *sent += 1;
+    };
+    while sent < 105 {
+        send(&mut p, &mut sent);
+    }
+    let mut acked: Vec<(u64, u64)> = (1..=5).zip(0..5).collect();
+    let mut failed = Vec::new();
+    let mut p_seen = Vec::new();
+    let mut sent_after_failing = 0;
+    let mut answered = 0;
+    while answered < N {
+        let v = p.recv();
+        match v["type"].as_str() {
+            Some("ack") => {
+                assert!(
+                    failed.is_empty(),
+                    "an ack after a failed fsync: {v} (failed before: {failed:?})"
+                );
+                acked.push((v["seq"].as_u64().unwrap(), v["id"].as_u64().unwrap()));
+                answered += 1;
+                if acked.len() == 55 {
+                    shim.fail();
+                }
+            }
+            Some("error") => {
+                assert_eq!(v["code"], "internal", "{v}");
+                failed.push(v["id"].as_u64().unwrap());
+                answered += 1;
+            }
+            Some("message") => {
+                p_seen.push((v["seq"].as_u64().unwrap(), v["data"]["i"].as_u64().unwrap()));
+                continue;
+            }
+            _ => continue,
+        }
+        if sent < 5 + N {
+            sent_after_failing += u64::from(shim.trigger().exists());
+            send(&mut p, &mut sent);
+        }
+    }
+    assert!(
+        sent_after_failing > 100,
+        "{sent_after_failing} sent while failing"
+    );
+    assert!(
+        !failed.is_empty(),
+        "every publish was acked although every fsync failed: the store does not fsync"
+    );
+    assert!(acked.len() >= 55, "{} acked", acked.len());
+    let want: Vec<u64> = (1..=acked.len() as u64).collect();
+    assert_eq!(
+        acked.iter().map(|a| a.0).collect::<Vec<_>>(),
+        want,
+        "acks are the seqs in order"
+    );
+    eprintln!(
+        "fsync fault: {} acked, {} failed with internal",
+        acked.len(),
+        failed.len()
+    );
+
+    // Members got exactly the acked messages: delivery waits for the fsync,
+    // so nothing of the failed ones went out.
+    let got = messages(&mut m, acked.len());
+    assert_eq!(got, acked, "the member's messages are the acked ones");
+    // (The publisher is a member too; `ask` skipped its first 5.)
+    p_seen.retain(|m| m.0 > 5);
+    let rest = acked.len() - 5 - p_seen.len().min(acked.len() - 5);
+    p_seen.extend(messages(&mut p, rest));
+    assert_eq!(p_seen, acked[5..], "the publisher saw the acked ones");
+    // Proving an absence takes a wait: a failed message delivered late
+    // would arrive in this window.
+    no_message_within(&mut m, 500, "a message whose fsync failed was delivered");
+    no_message_within(&mut p, 100, "a message whose fsync failed was delivered");
+    let h = ask(&mut m, json!({"type":"history","room":"fsync","limit":10}));
+    let last = h["messages"].as_array().unwrap().last().cloned();
+    assert_eq!(
+        last.map(|l| l["seq"].clone()),
+        Some(json!(acked.len())),
+        "history ends at the last acked message: {h}"
+    );
+
+    let (status, _, body) = http_get(server.addr, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"store\":\"failed\""), "{body}");
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("history store write failed")),
+        "the failure is logged: {:?}",
+        server.log()
+    );
+
+    // The disk "recovers", but after a failed fsync nobody knows what
+    // reached it: the store keeps refusing and /health stays 503 until a
+    // restart, rather than acking on top of lost writes.
+    shim.heal();
+    let a = ask(
+        &mut p,
+        json!({"type":"publish","room":"fsync","data":{"i":"late"}}),
+    );
+    assert_eq!(
+        (&a["type"], &a["code"]),
+        (&json!("error"), &json!("internal")),
+        "{a}"
+    );
+    assert_eq!(http_get(server.addr, "/health").0, 503);
+    no_message_within(&mut m, 200, "the refused publish was delivered");
+    let (mut other, _) = Client::connect_welcome(&server.url("/ws"));
+    assert_eq!(ask(&mut other, json!({"type":"ping"}))["type"], "pong");
+    drop((p, m, other));
+    server.signal(libc::SIGKILL);
+    server.child.wait().unwrap();
+
+    // Restarted on a healthy disk: everything acked is there, same seq.
+    let server = ChildServer::start(&durable_env(path, "sync"));
+    assert_eq!(http_get(server.addr, "/health").0, 200);
+    let (mut c, _) = Client::connect_welcome(&server.url("/ws"));
+    let (replay, ack) = rejoin(&mut c, "fsync", &epoch, 0);
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let stored: HashMap<u64, u64> = replay
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap(), m["data"]["i"].as_u64().unwrap()))
+        .collect();
+    for (seq, i) in &acked {
+        assert_eq!(stored.get(seq), Some(i), "acked publish {i} as seq {seq}");
+    }
 }

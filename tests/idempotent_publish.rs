@@ -22,15 +22,25 @@ fn publish(c: &mut Client, id: &str, room: &str, key: &str, data: Value) -> Valu
     }
 }
 
-/// Messages `c` receives within `ms` (other events skipped).
-fn messages_within(c: &mut Client, ms: u64) -> Vec<Value> {
+/// The messages member `m` receives before a fence: `p` publishes one
+/// more (keyless) message to `room`, and everything `m` got before it is
+/// returned. A room's messages reach a member in seq order, so a
+/// duplicate delivered for an earlier publish would arrive before the
+/// fence: no fixed wait is needed to see that none came.
+fn messages_before_fence(p: &mut Client, m: &mut Client, room: &str) -> Vec<Value> {
+    let ack = p.ask(json!({"type":"publish","room":room,"data":"fence"}));
+    assert_eq!(ack["type"], "ack", "{ack}");
     let mut got = Vec::new();
-    while let Some(v) = c.recv_within(ms) {
-        if v["type"] == "message" {
+    loop {
+        let v = m.recv();
+        if v["type"] == "message" && v["room"] == room {
+            if v["seq"] == ack["seq"] {
+                assert_eq!(v["data"], "fence", "{v}");
+                return got;
+            }
             got.push(v);
         }
     }
-    got
 }
 
 #[test]
@@ -66,8 +76,8 @@ fn a_key_used_again_is_acknowledged_with_the_first_seq_and_not_published() {
     let other = publish(&mut p, "d", "other", "k-1", json!(3));
     assert_eq!((&other["seq"], other.get("duplicate")), (&json!(1), None));
 
-    // The member saw each message once.
-    let got = messages_within(&mut m, 300);
+    // The member saw each message once (the fence takes seq 3).
+    let got = messages_before_fence(&mut p, &mut m, "idem");
     let seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2], "{got:?}");
     assert_eq!(got[0]["data"], "hello");
@@ -92,7 +102,7 @@ fn a_key_used_again_is_acknowledged_with_the_first_seq_and_not_published() {
         Some(KEY),
         Some(&json!({"room":"idem","data":"x","key":"k-3"})),
     );
-    assert_eq!((status, &body["seq"]), (200, &json!(3)), "{body}");
+    assert_eq!((status, &body["seq"]), (200, &json!(4)), "{body}");
     assert!(body.get("duplicate").is_none(), "{body}");
     let (status, body) = api(
         s.addr,
@@ -121,7 +131,7 @@ fn a_key_used_again_is_acknowledged_with_the_first_seq_and_not_published() {
     }
     assert_eq!(
         publish(&mut p, "e", "idem", &"x".repeat(64), json!(4))["seq"],
-        4
+        5
     );
 }
 
@@ -153,11 +163,12 @@ fn keys_survive_a_restart_and_wait_with_a_message_for_its_fsync() {
         (&json!(1), &acks[0]["ts"])
     );
     assert_eq!(acks[1]["duplicate"], true);
-    let got = messages_within(&mut m, 300);
+    // One message for the two publishes (the fence takes seq 2).
+    let got = messages_before_fence(&mut p, &mut m, "dur");
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["data"], 1);
     let more = publish(&mut p, "c", "dur", "twice", json!(3));
-    assert_eq!(more["seq"], 2);
+    assert_eq!(more["seq"], 3);
 
     // kill -9: acknowledged means stored, key included.
     s.signal(libc::SIGKILL);
@@ -175,7 +186,7 @@ fn keys_survive_a_restart_and_wait_with_a_message_for_its_fsync() {
         publish(&mut p, "e", "dur", "twice", json!(0))["duplicate"],
         true
     );
-    assert_eq!(publish(&mut p, "f", "dur", "new", json!(4))["seq"], 3);
+    assert_eq!(publish(&mut p, "f", "dur", "new", json!(4))["seq"], 4);
 }
 
 #[test]
@@ -224,7 +235,7 @@ fn a_key_used_on_one_node_is_a_duplicate_on_another() {
         (&json!(2), &json!(true))
     );
     // (b read "one" while it waited for its ack.)
-    let got = messages_within(&mut b, 500);
+    let got = messages_before_fence(&mut a, &mut b, "c-idem");
     let data: Vec<&Value> = got.iter().map(|v| &v["data"]).collect();
     assert_eq!(data, [&json!("c")], "{got:?}");
     // Redis holds the key with its message and a queue entry to forget it.

@@ -1,12 +1,22 @@
 //! Smoke runs of every load-generator scenario against a real server:
 //! correctness only (everything opened, deliveries complete and in order,
 //! no errors). No timing is asserted; the benchmarks measure speed.
+//!
+//! The generator's own checks are tested against a deliberately faulty
+//! fake server: one that acks publishes it never delivers, and one that
+//! delivers publishes it never acks. Both runs must fail, with the
+//! shortfall in the JSON.
 
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 fn load(server: &TestServer, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
@@ -24,6 +34,8 @@ fn load(server: &TestServer, args: &[&str]) -> Value {
     });
     assert!(out.status.success(), "corecast-load {args:?} failed: {v:#}");
     assert_eq!(v["errors"], 0, "{v:#}");
+    assert_eq!(v["unacked"], 0, "{v:#}");
+    assert_eq!(v["drain_timeouts"], 0, "{v:#}");
     assert_eq!(v["ok"], true, "{v:#}");
     v
 }
@@ -71,7 +83,8 @@ fn fanout_delivers_everything_in_order_across_rooms() {
     assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
     assert_eq!(v["missing"], 0);
     assert_eq!(v["out_of_order"], 0);
-    // every room saw messages, and every member ended at the room's last seq
+    // every room saw messages, and every member ended at the room's last
+    // acknowledged seq
     for room in v["rooms"].as_array().unwrap() {
         let (max, members, sum) = (
             room[0].as_u64().unwrap(),
@@ -172,4 +185,149 @@ fn recovery_replays_every_missed_message() {
     let v = load(&s, &["recovery", "--missed", "200", "--size", "50"]);
     assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
     assert!(v["latency_us"]["p50"].as_u64().unwrap() > 0, "{v:#}");
+}
+
+/// What the fake server gets wrong.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Acks every publish but delivers only seqs up to this one.
+    DeliversUpTo(u64),
+    /// Delivers every publish but acks only seqs up to this one.
+    AcksUpTo(u64),
+}
+
+/// A minimal corecast look-alike on a real socket (welcome, join, publish,
+/// message) that is wrong in one way; one thread per connection.
+fn fake_server(fault: Fault) -> SocketAddr {
+    type Rooms = Arc<Mutex<HashMap<String, (u64, Vec<Sender<String>>)>>>;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rooms: Rooms = Arc::default();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let rooms = rooms.clone();
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(stream) else {
+                    return;
+                };
+                ws.get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(2)))
+                    .unwrap();
+                let (tx, rx): (Sender<String>, Receiver<String>) = channel();
+                // `type` first, as corecast writes it (the generator's
+                // fast path relies on that).
+                let _ = tx.send(r#"{"type":"welcome","session":"s"}"#.to_string());
+                loop {
+                    match ws.read() {
+                        Ok(tungstenite::Message::Text(t)) => {
+                            let v: Value = serde_json::from_str(&t).unwrap();
+                            let room = v["room"].as_str().unwrap_or("").to_string();
+                            let mut rooms = rooms.lock().unwrap();
+                            let r = rooms.entry(room.clone()).or_default();
+                            match v["type"].as_str() {
+                                Some("join") => {
+                                    r.1.push(tx.clone());
+                                    let _ = tx.send(format!(
+                                        r#"{{"type":"ack","id":{},"room":"{room}","seq":{}}}"#,
+                                        v["id"], r.0
+                                    ));
+                                }
+                                Some("publish") => {
+                                    r.0 += 1;
+                                    let seq = r.0;
+                                    if !matches!(fault, Fault::AcksUpTo(n) if seq > n) {
+                                        let _ = tx.send(format!(
+                                            r#"{{"type":"ack","id":{},"room":"{room}","seq":{seq}}}"#,
+                                            v["id"]
+                                        ));
+                                    }
+                                    if !matches!(fault, Fault::DeliversUpTo(n) if seq > n) {
+                                        let m = format!(
+                                            r#"{{"type":"message","room":"{room}","seq":{seq},"data":{}}}"#,
+                                            v["data"]
+                                        );
+                                        for member in &r.1 {
+                                            let _ = member.send(m.clone());
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(tungstenite::Error::Io(e))
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => return,
+                    }
+                    while let Ok(out) = rx.try_recv() {
+                        if ws.write(tungstenite::Message::text(out)).is_err() {
+                            return;
+                        }
+                    }
+                    if ws.flush().is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A short fan-out run against `addr`: (exit code, JSON result).
+fn fanout_against(addr: SocketAddr) -> (Option<i32>, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
+        .args([
+            "fanout",
+            "--rooms",
+            "1",
+            "--members",
+            "3",
+            "--publishers",
+            "1",
+        ])
+        .args(["--inflight", "2", "--duration", "1", "--warmup", "0.2"])
+        .args(["--drain", "0.5", "--sources", "1", "--json", "--quiet"])
+        .args(["--addr", &addr.to_string()])
+        .output()
+        .expect("run corecast-load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: stdout {stdout:?}"));
+    (out.status.code(), v)
+}
+
+#[test]
+fn acked_messages_no_member_received_are_missing_and_fail_the_run() {
+    // Every member (the publisher is one) stops at seq 20 while acks go on:
+    // judged by what members saw, all of them are "complete".
+    let (code, v) = fanout_against(fake_server(Fault::DeliversUpTo(20)));
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["ok"], false, "{v:#}");
+    let room = &v["rooms"][0];
+    let (last_acked, members, sum) = (
+        room[0].as_u64().unwrap(),
+        room[1].as_u64().unwrap(),
+        room[2].as_u64().unwrap(),
+    );
+    assert!(last_acked > 20, "publishing went past seq 20: {v:#}");
+    assert_eq!((members, sum), (4, 4 * 20), "{v:#}");
+    assert_eq!(v["missing"], (last_acked - 20) * 4, "{v:#}");
+    assert_eq!(v["unacked"], 0, "{v:#}");
+    assert_eq!(v["drain_timeouts"], 1, "the drain gave up: {v:#}");
+}
+
+#[test]
+fn publishes_never_acked_are_reported_and_fail_the_run() {
+    // Seqs past 20 are delivered to everyone but never acked: the
+    // publisher (2 in flight) stalls, and waiting for its acks times out.
+    let (code, v) = fanout_against(fake_server(Fault::AcksUpTo(20)));
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["ok"], false, "{v:#}");
+    assert_eq!(v["unacked"], 2, "{v:#}");
+    assert_eq!(v["missing"], 0, "every member got seqs 1..=22: {v:#}");
+    assert_eq!(v["rooms"][0], json!([22, 4, 88]), "{v:#}");
 }

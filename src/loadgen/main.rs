@@ -8,6 +8,12 @@
 //! so ephemeral ports never run out; `--procs` fans out over processes
 //! (each under the 20000 open-files limit) and merges their results.
 //!
+//! Fan-out is complete when every member received every seq of its room
+//! up to the highest one any publisher had acknowledged (gaps and a short
+//! tail count as `missing`). Publishes still unacknowledged, or members
+//! still short, when `--drain` runs out are reported (`unacked`,
+//! `drain_timeouts`) and fail the run (exit 1), like anything missing.
+//!
 //! The server's CPU time over the measured window (user and system, from
 //! `/proc/PID/stat`) is reported per operation when `--server-pid` is given:
 //! the figure that carries over to bigger machines.
@@ -99,6 +105,11 @@ struct Args {
     /// the JavaScript client does), to measure the cost of remembering them.
     #[arg(long)]
     keys: bool,
+    /// Fan-out: seconds to wait after publishing stopped for the last acks
+    /// (members then get twice that to receive every acked message); a
+    /// timeout is reported and fails the run.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
     /// PID of the server, for CPU time and memory figures; several,
     /// comma-separated, add up their CPU time (cluster nodes and Redis).
     #[arg(long, value_delimiter = ',')]
@@ -160,6 +171,9 @@ fn validate(a: &Args) -> Result<(), String> {
     if !(a.duration > 0.0 && a.duration <= 3600.0 && (0.0..=600.0).contains(&a.warmup)) {
         return Err("--duration must be in (0, 3600] and --warmup in [0, 600]".into());
     }
+    if !(a.drain > 0.0 && a.drain <= 600.0) {
+        return Err("--drain must be in (0, 600]".into());
+    }
     if a.sources == 0 || a.sources > 250 {
         return Err("--sources must be 1..=250".into());
     }
@@ -185,7 +199,7 @@ fn args_json(a: &Args) -> serde_json::Value {
         "duration": a.duration, "warmup": a.warmup, "conns": a.conns,
         "size": a.size, "inflight": a.inflight, "rooms": a.rooms, "keys": a.keys,
         "members": a.members, "publishers": a.publishers, "rate": a.rate,
-        "missed": a.missed,
+        "missed": a.missed, "drain": a.drain,
     })
 }
 
@@ -246,6 +260,7 @@ fn plans(a: &Args, addrs: &[(SocketAddr, String)], shard: usize, procs: usize) -
                 keys: a.keys,
                 rooms: a.rooms,
                 offset: w * 7919,
+                drain: Duration::from_secs_f64(a.drain),
             }
         })
         .collect()
@@ -354,7 +369,12 @@ fn run_local(a: &Args) -> Outcome {
     let open_at_end = shared.open.load(Ordering::Relaxed);
     shared.stop.store(true, Ordering::SeqCst);
     if a.scenario == Scenario::Fanout {
-        settle_final_seqs(&shared, a.shard.is_some(), a.threads);
+        settle_final_seqs(
+            &shared,
+            a.shard.is_some(),
+            a.threads,
+            Duration::from_secs_f64(a.drain),
+        );
     }
     let results: Vec<_> = handles
         .into_iter()
@@ -366,6 +386,7 @@ fn run_local(a: &Args) -> Outcome {
     o.published = result_window.2;
     o.server_cpu = result_window.3;
     o.errors = shared.errors.load(Ordering::Relaxed);
+    o.unacked = shared.unacked.load(Ordering::SeqCst);
     o.open_after_setup = open_after_setup;
     o.open_at_end = open_at_end;
     o.idle_mem = idle_mem;
@@ -376,11 +397,12 @@ fn run_local(a: &Args) -> Outcome {
 /// acknowledged, then makes the final seq of every room known to the
 /// workers (as a shard: reports its own to the parent and takes the
 /// parent's answer, the maximum over all shards).
-fn settle_final_seqs(shared: &Shared, shard: bool, threads: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+fn settle_final_seqs(shared: &Shared, shard: bool, threads: usize, drain: Duration) {
+    let deadline = Instant::now() + drain;
     // First every worker must be out of its publishing loop (a publish
     // racing with the stop flag would otherwise be missed), then every
-    // publish acknowledged.
+    // publish acknowledged (publishes still unacknowledged at the deadline
+    // are reported as `unacked` and fail the run).
     while shared.done_publishing.load(Ordering::SeqCst) < threads && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }

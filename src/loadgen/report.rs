@@ -101,8 +101,13 @@ pub struct Outcome {
     pub missing: u64,
     /// Fan-out: messages out of order.
     pub out_of_order: u64,
-    /// Fan-out per room: (max seq, members, sum of last seqs).
+    /// Fan-out per room: (the seq every member must reach — the highest
+    /// acked, or seen if higher —, members, sum of last seqs).
     pub rooms: Vec<(u64, u64, u64)>,
+    /// Fan-out: publishes never acknowledged by the end of the drain.
+    pub unacked: u64,
+    /// Fan-out: workers whose drain ended at its deadline, members short.
+    pub drain_timeouts: u64,
     /// Errors counted.
     pub errors: u64,
     /// Connections that failed to open or join.
@@ -170,6 +175,7 @@ impl Outcome {
             o.missing += r.missing;
             o.out_of_order += r.out_of_order;
             o.setup_failures += r.setup_failures;
+            o.drain_timeouts += u64::from(r.drain_timed_out);
             add_rooms(&mut o.rooms, &r.rooms);
             if o.first_error.is_none() {
                 o.first_error = r.first_error;
@@ -193,6 +199,8 @@ impl Outcome {
             add_rooms(&mut o.rooms, &s.rooms);
             o.errors += s.errors;
             o.setup_failures += s.setup_failures;
+            o.unacked += s.unacked;
+            o.drain_timeouts += s.drain_timeouts;
             o.open_after_setup += s.open_after_setup;
             o.open_at_end += s.open_at_end;
             if o.first_error.is_none() {
@@ -203,7 +211,7 @@ impl Outcome {
     }
 
     /// Messages members never got at the end (their last seq short of the
-    /// room's last), plus gaps seen on the way.
+    /// room's last acknowledged one), plus gaps seen on the way.
     pub fn total_missing(&self) -> u64 {
         let tail: u64 = self
             .rooms
@@ -213,12 +221,15 @@ impl Outcome {
         self.missing + tail
     }
 
-    /// No errors, nothing missing or out of order, everything opened.
+    /// No errors, nothing missing or out of order, everything opened,
+    /// every publish acknowledged and the drain finished in time.
     pub fn ok(&self) -> bool {
         self.errors == 0
             && self.total_missing() == 0
             && self.out_of_order == 0
             && self.setup_failures == 0
+            && self.unacked == 0
+            && self.drain_timeouts == 0
     }
 
     fn rate(&self, n: u64) -> f64 {
@@ -281,6 +292,8 @@ impl Outcome {
             "gaps": self.missing,
             "out_of_order": self.out_of_order,
             "rooms": self.rooms,
+            "unacked": self.unacked,
+            "drain_timeouts": self.drain_timeouts,
             "errors": self.errors,
             "first_error": self.first_error,
             "setup_failures": self.setup_failures,
@@ -304,6 +317,8 @@ impl Outcome {
             rooms: serde_json::from_value(v["rooms"].clone()).unwrap_or_default(),
             errors: u("errors"),
             setup_failures: u("setup_failures"),
+            unacked: u("unacked"),
+            drain_timeouts: u("drain_timeouts"),
             open_after_setup: u("open_after_setup"),
             open_at_end: u("open_at_end"),
             first_error: v["first_error"].as_str().map(String::from),
@@ -347,6 +362,15 @@ impl Outcome {
                     self.out_of_order
                 ),
             );
+            if self.unacked > 0 || self.drain_timeouts > 0 {
+                line(
+                    "drain",
+                    format!(
+                        "TIMED OUT: {} publishes never acked, {} worker(s) with members short",
+                        self.unacked, self.drain_timeouts
+                    ),
+                );
+            }
         }
         if let Some(p50) = self.pct(0.5) {
             line(

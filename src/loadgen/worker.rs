@@ -75,8 +75,13 @@ pub struct WorkerResult {
     pub missing: u64,
     /// Fan-out: seq going backwards or repeating.
     pub out_of_order: u64,
-    /// Fan-out, per room: (highest seq seen, members, sum of members' last seq).
+    /// Fan-out, per room: (the seq every member must reach: the highest
+    /// acknowledged to any publisher, or seen if higher; members; sum of
+    /// members' last seq).
     pub rooms: Vec<(u64, u64, u64)>,
+    /// Fan-out: the drain ended at its deadline with members of this
+    /// worker short of their room's last acknowledged seq.
+    pub drain_timed_out: bool,
     /// Connections that could not be opened or joined in setup.
     pub setup_failures: u64,
     /// First error text, for the report.
@@ -112,6 +117,9 @@ pub struct Plan {
     pub rooms: usize,
     /// Connection index offset (source address spreading).
     pub offset: usize,
+    /// Fan-out: how long to wait, after publishing stopped, for the last
+    /// acks and (twice that) for members to receive every acked message.
+    pub drain: Duration,
 }
 
 enum Phase {
@@ -414,10 +422,13 @@ impl Worker {
         // Drain: every member catches up with the final seq of its room
         // (known once all publishers, of every process, are acknowledged).
         if self.scenario == Scenario::Fanout {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + 2 * self.plan.drain;
             while Instant::now() < deadline && !self.caught_up() {
                 self.turn(&mut events, Duration::from_millis(10));
             }
+            // Not silent: what is still short counts as missing, and the
+            // timeout itself fails the run.
+            self.result.drain_timed_out = !self.caught_up();
         }
         self.finish();
     }
@@ -452,8 +463,12 @@ impl Worker {
                 rooms[room].2 += c.last_seq;
             }
         }
+        // Completeness is judged against what publishers were acked (of
+        // every process, once the final seqs are known), not against what
+        // members happened to see: a message acked and never delivered to
+        // anyone is missing too.
         for (room, r) in rooms.iter_mut().enumerate() {
-            r.0 = self.rooms_max[room];
+            r.0 = self.rooms_max[room].max(self.shared.room_acked[room].load(Ordering::SeqCst));
         }
         self.result.rooms = rooms;
         self.result.hist = Some(std::mem::replace(
