@@ -24,6 +24,11 @@ use tracing::{info, warn};
 /// through that Redis; CORECAST_CLUSTER__NODE names it (default: its listen
 /// address). An ack then means the message is in Redis memory. rediss://
 /// speaks TLS (CORECAST_CLUSTER__TLS_CA, __TLS_CERT, __TLS_KEY: PEM files).
+///
+/// TLS on the port: CORECAST_TLS__CERT=chain.pem CORECAST_TLS__KEY=key.pem
+/// (or [tls] cert/key) serve wss:// and https:// on the listen address.
+/// SIGHUP reads both files again. SIGTERM or SIGINT drains; a second one
+/// exits at once.
 #[derive(Parser, Debug)]
 #[command(name = "corecast", version, about, long_about)]
 struct Cli {
