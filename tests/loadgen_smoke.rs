@@ -2,6 +2,10 @@
 //! correctness only (everything opened, deliveries complete and in order,
 //! no errors). No timing is asserted; the benchmarks measure speed.
 //!
+//! Over TLS (`--tls`, `--tls-ca`) against a TLS listener with a test CA:
+//! fan-out complete, every connection a full handshake (or resumed with
+//! `--tls-resume`), and a certificate from another CA refused.
+//!
 //! The generator's own checks are tested against a deliberately faulty
 //! fake server: one that acks publishes it never delivers, and one that
 //! delivers publishes it never acks. Both runs must fail, with the
@@ -9,6 +13,7 @@
 
 mod common;
 
+use common::pki::{Pki, pki};
 use common::*;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -185,6 +190,167 @@ fn recovery_replays_every_missed_message() {
     let v = load(&s, &["recovery", "--missed", "200", "--size", "50"]);
     assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
     assert!(v["latency_us"]["p50"].as_u64().unwrap() > 0, "{v:#}");
+}
+
+fn tls_unlimited(pki: &Pki) -> TestServer {
+    TestServer::start(|c| {
+        c.echo = true;
+        c.tls.cert = Some(pki.s("server.pem"));
+        c.tls.key = Some(pki.s("server.key"));
+        c.limits.rate_per_sec = 1e9;
+        c.limits.rate_burst = 1e9;
+    })
+}
+
+/// Every member of every room ended at the room's last acknowledged seq.
+fn assert_fanout_complete(v: &Value, members_per_room: u64) {
+    assert!(v["published"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(v["missing"], 0, "{v:#}");
+    assert_eq!(v["out_of_order"], 0, "{v:#}");
+    for room in v["rooms"].as_array().unwrap() {
+        let (max, members, sum) = (
+            room[0].as_u64().unwrap(),
+            room[1].as_u64().unwrap(),
+            room[2].as_u64().unwrap(),
+        );
+        assert!(max > 0, "{v:#}");
+        assert_eq!(members, members_per_room, "{v:#}");
+        assert_eq!(sum, max * members, "{v:#}");
+    }
+}
+
+#[test]
+fn fanout_over_tls_without_verification_delivers_everything() {
+    let pki = pki();
+    let s = tls_unlimited(&pki);
+    let v = load(
+        &s,
+        &[
+            "fanout",
+            "--tls",
+            "--rooms",
+            "2",
+            "--members",
+            "20",
+            "--publishers",
+            "2",
+            "--inflight",
+            "4",
+            "--threads",
+            "2",
+            "--size",
+            "300",
+        ],
+    );
+    assert_eq!(v["args"]["tls"], true);
+    assert_eq!(v["args"]["tls_verify"], false);
+    assert_fanout_complete(&v, 21);
+    // 40 members + 2 publishers, each one full handshake, none resumed.
+    assert_eq!(
+        v["tls_handshakes"],
+        json!({"full": 42, "resumed": 0}),
+        "{v:#}"
+    );
+    assert_eq!(v["open_at_end"], 42, "{v:#}");
+}
+
+#[test]
+fn fanout_over_tls_verified_against_the_ca_over_two_processes() {
+    let pki = pki();
+    let s = tls_unlimited(&pki);
+    let ca = pki.s("ca.pem");
+    let v = load(
+        &s,
+        &[
+            "fanout",
+            "--tls-ca",
+            &ca,
+            "--rooms",
+            "1",
+            "--members",
+            "30",
+            "--publishers",
+            "2",
+            "--inflight",
+            "4",
+            "--procs",
+            "2",
+        ],
+    );
+    assert_eq!(v["args"]["tls_verify"], true);
+    assert_fanout_complete(&v, 32);
+    assert_eq!(v["tls_handshakes"]["full"], 32, "{v:#}");
+}
+
+#[test]
+fn echo_and_idle_over_tls() {
+    let pki = pki();
+    let s = tls_unlimited(&pki);
+    let v = load(
+        &s,
+        &[
+            "echo",
+            "--tls",
+            "--conns",
+            "4",
+            "--size",
+            "2000",
+            "--inflight",
+            "2",
+        ],
+    );
+    assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(v["open_at_end"], 4, "{v:#}");
+    let v = load(&s, &["idle", "--tls", "--conns", "50"]);
+    assert_eq!(v["open_at_end"], 50, "{v:#}");
+    assert_eq!(v["tls_handshakes"]["full"], 50, "{v:#}");
+}
+
+#[test]
+fn connect_over_tls_counts_full_and_resumed_handshakes() {
+    let pki = pki();
+    let s = tls_unlimited(&pki);
+    let ca = pki.s("ca.pem");
+    let v = load(&s, &["connect", "--tls-ca", &ca, "--conns", "4"]);
+    let ops = v["ops"].as_u64().unwrap();
+    assert!(ops > 0, "{v:#}");
+    // Every cycle is one TLS handshake, full without --tls-resume (the
+    // count covers the warm-up and the end too, so it is at least ops).
+    assert_eq!(v["tls_handshakes"]["resumed"], 0, "{v:#}");
+    assert!(
+        v["tls_handshakes"]["full"].as_u64().unwrap() >= ops,
+        "{v:#}"
+    );
+    let v = load(
+        &s,
+        &["connect", "--tls-ca", &ca, "--conns", "4", "--tls-resume"],
+    );
+    let hs = &v["tls_handshakes"];
+    assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(
+        hs["resumed"].as_u64().unwrap() > hs["full"].as_u64().unwrap(),
+        "after the first handshakes, sessions resume: {v:#}"
+    );
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_refused() {
+    let pki = pki();
+    let s = tls_unlimited(&pki);
+    let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
+        .args(["echo", "--conns", "2", "--tls-ca", &pki.s("other-ca.pem")])
+        .args(["--addr", &s.addr.to_string(), "--json", "--quiet"])
+        .args(["--duration", "0.5", "--warmup", "0", "--sources", "1"])
+        .output()
+        .expect("run corecast-load");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(1), "{v:#}");
+    assert_eq!(v["ok"], false, "{v:#}");
+    assert_eq!(v["errors"], 2, "{v:#}");
+    let first = v["first_error"].as_str().unwrap();
+    assert!(first.contains("certificate"), "{first}");
+    assert_eq!(v["tls_handshakes"]["full"], 0, "{v:#}");
 }
 
 /// What the fake server gets wrong.

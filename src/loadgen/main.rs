@@ -17,13 +17,25 @@
 //! The server's CPU time over the measured window (user and system, from
 //! `/proc/PID/stat`) is reported per operation when `--server-pid` is given:
 //! the figure that carries over to bigger machines.
+//!
+//! `--tls` speaks wss (rustls on ring, SNI `--tls-name`, ALPN http/1.1),
+//! every scenario alike; the generator then pays rustls on its side too.
+//! The certificate is not verified (a load generator on loopback) unless
+//! `--tls-ca` names the CA to verify it against. Every handshake is a full
+//! one unless `--tls-resume` lets connections resume sessions; the JSON
+//! counts both kinds (`tls_handshakes`), so `connect` over TLS reports
+//! TLS handshakes per second.
 
 mod recovery;
 mod report;
 mod worker;
 
 use clap::{Parser, ValueEnum};
+use corecast::tls::ClientFiles;
 use report::{CpuSample, Outcome};
+use rustls::ClientConfig;
+use rustls::client::Resumption;
+use rustls::pki_types::ServerName;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::process::{Command, Stdio};
@@ -114,6 +126,21 @@ struct Args {
     /// comma-separated, add up their CPU time (cluster nodes and Redis).
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
+    /// Connect with TLS (wss); the server's certificate is not verified
+    /// unless --tls-ca is given.
+    #[arg(long)]
+    tls: bool,
+    /// Verify the server's certificate against the CA(s) in this PEM file
+    /// (implies --tls).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<String>,
+    /// TLS server name: the SNI sent, and the name --tls-ca verifies.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+    /// Let connections resume TLS sessions (tickets); by default every
+    /// handshake is a full one (no session cache), the cost of a new client.
+    #[arg(long)]
+    tls_resume: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -135,9 +162,17 @@ fn main() {
         eprintln!("corecast-load: {e}");
         std::process::exit(2);
     }
+    let tls = match tls_config(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("corecast-load: {e}");
+            std::process::exit(2);
+        }
+    };
     let outcome = if args.scenario == Scenario::Recovery {
         let addr = resolve(&args.addr)[0].0;
         recovery::run(&recovery::Params {
+            tls,
             addr,
             host: args.addr.split(',').next().unwrap_or_default().to_string(),
             missed: args.missed,
@@ -150,7 +185,7 @@ fn main() {
     } else if args.procs > 1 && args.shard.is_none() {
         run_procs(&args)
     } else {
-        run_local(&args)
+        run_local(&args, tls)
     };
     let ok = outcome.ok();
     if args.shard.is_some() || args.json {
@@ -192,6 +227,29 @@ fn validate(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The TLS client side of `--tls` / `--tls-ca`: one configuration for the
+/// process, and the server name every connection asks for.
+pub type TlsClient = Option<(Arc<ClientConfig>, ServerName<'static>)>;
+
+fn tls_config(a: &Args) -> Result<TlsClient, String> {
+    if !a.tls && a.tls_ca.is_none() {
+        return Ok(None);
+    }
+    let files = ClientFiles {
+        ca: a.tls_ca.clone(),
+        insecure: a.tls_ca.is_none(),
+        ..Default::default()
+    };
+    let mut config = Arc::unwrap_or_clone(corecast::tls::client_config(&files)?);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !a.tls_resume {
+        config.resumption = Resumption::disabled();
+    }
+    let name = ServerName::try_from(a.tls_name.clone())
+        .map_err(|e| format!("--tls-name {}: {e}", a.tls_name))?;
+    Ok(Some((Arc::new(config), name)))
+}
+
 fn args_json(a: &Args) -> serde_json::Value {
     serde_json::json!({
         "scenario": format!("{:?}", a.scenario).to_lowercase(),
@@ -200,6 +258,8 @@ fn args_json(a: &Args) -> serde_json::Value {
         "size": a.size, "inflight": a.inflight, "rooms": a.rooms, "keys": a.keys,
         "members": a.members, "publishers": a.publishers, "rate": a.rate,
         "missed": a.missed, "drain": a.drain,
+        "tls": a.tls || a.tls_ca.is_some(), "tls_verify": a.tls_ca.is_some(),
+        "tls_resume": a.tls_resume,
     })
 }
 
@@ -221,7 +281,13 @@ fn resolve(list: &str) -> Vec<(SocketAddr, String)> {
 }
 
 /// Splits this process's share of the work over its threads.
-fn plans(a: &Args, addrs: &[(SocketAddr, String)], shard: usize, procs: usize) -> Vec<Plan> {
+fn plans(
+    a: &Args,
+    addrs: &[(SocketAddr, String)],
+    tls: &TlsClient,
+    shard: usize,
+    procs: usize,
+) -> Vec<Plan> {
     let sources: Vec<Ipv4Addr> = (0..a.sources)
         .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
         .collect();
@@ -261,13 +327,14 @@ fn plans(a: &Args, addrs: &[(SocketAddr, String)], shard: usize, procs: usize) -
                 rooms: a.rooms,
                 offset: w * 7919,
                 drain: Duration::from_secs_f64(a.drain),
+                tls: tls.clone(),
             }
         })
         .collect()
 }
 
 /// Runs this process's workers; as a shard, synchronises with the parent.
-fn run_local(a: &Args) -> Outcome {
+fn run_local(a: &Args, tls: TlsClient) -> Outcome {
     let addrs = resolve(&a.addr);
     let (shard, procs) = (a.shard.unwrap_or(0), a.shard.map_or(1, |_| a.procs));
     let mem_before = match (a.scenario, a.server_pid.first()) {
@@ -275,7 +342,7 @@ fn run_local(a: &Args) -> Outcome {
         _ => None,
     };
     let shared = Arc::new(Shared::new(a.rooms));
-    let handles: Vec<_> = plans(a, &addrs, shard, procs)
+    let handles: Vec<_> = plans(a, &addrs, &tls, shard, procs)
         .into_iter()
         .enumerate()
         .map(|(i, plan)| {
@@ -390,6 +457,8 @@ fn run_local(a: &Args) -> Outcome {
     o.open_after_setup = open_after_setup;
     o.open_at_end = open_at_end;
     o.idle_mem = idle_mem;
+    o.tls_full = shared.tls_full.load(Ordering::Relaxed);
+    o.tls_resumed = shared.tls_resumed.load(Ordering::Relaxed);
     o
 }
 

@@ -10,13 +10,20 @@
 //! the figure is a latency, not a throughput, and the publishing between
 //! rounds is not measured.
 
+use crate::TlsClient;
 use crate::report::{CpuSample, Outcome};
 use hdrhistogram::Histogram;
+use rustls::{ClientConnection, StreamOwned};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
-type Ws = WebSocket<TcpStream>;
+/// A blocking stream, plain or TLS.
+trait Rw: Read + Write {}
+impl<T: Read + Write> Rw for T {}
+
+type Ws = WebSocket<Box<dyn Rw>>;
 
 /// What one run is asked to do.
 pub struct Params {
@@ -36,12 +43,22 @@ pub struct Params {
     pub server_pid: Vec<u32>,
     /// Print progress.
     pub quiet: bool,
+    /// TLS client side (`--tls`).
+    pub tls: TlsClient,
 }
 
 fn connect(p: &Params) -> Result<Ws, String> {
     let stream = TcpStream::connect(p.addr).map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).ok();
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let stream: Box<dyn Rw> = match &p.tls {
+        None => Box::new(stream),
+        Some((config, name)) => {
+            let conn = ClientConnection::new(config.clone(), name.clone())
+                .map_err(|e| format!("TLS: {e}"))?;
+            Box::new(StreamOwned::new(conn, stream))
+        }
+    };
     let url = format!("ws://{}/ws", p.host);
     let (mut ws, _) = tungstenite::client(url, stream).map_err(|e| format!("handshake: {e}"))?;
     let welcome = next(&mut ws)?;

@@ -120,6 +120,10 @@ pub struct Outcome {
     pub idle_mem: Option<(MemSample, MemSample)>,
     /// First error text.
     pub first_error: Option<String>,
+    /// TLS: full handshakes completed over the whole run.
+    pub tls_full: u64,
+    /// TLS: resumed handshakes completed over the whole run.
+    pub tls_resumed: u64,
 }
 
 fn pct(h: &Option<Histogram<u64>>, q: f64) -> Option<u64> {
@@ -203,6 +207,8 @@ impl Outcome {
             o.drain_timeouts += s.drain_timeouts;
             o.open_after_setup += s.open_after_setup;
             o.open_at_end += s.open_at_end;
+            o.tls_full += s.tls_full;
+            o.tls_resumed += s.tls_resumed;
             if o.first_error.is_none() {
                 o.first_error = s.first_error;
             }
@@ -299,6 +305,7 @@ impl Outcome {
             "setup_failures": self.setup_failures,
             "open_after_setup": self.open_after_setup,
             "open_at_end": self.open_at_end,
+            "tls_handshakes": {"full": self.tls_full, "resumed": self.tls_resumed},
             "ok": self.ok(),
         })
     }
@@ -322,6 +329,8 @@ impl Outcome {
             open_after_setup: u("open_after_setup"),
             open_at_end: u("open_at_end"),
             first_error: v["first_error"].as_str().map(String::from),
+            tls_full: v["tls_handshakes"]["full"].as_u64().unwrap_or(0),
+            tls_resumed: v["tls_handshakes"]["resumed"].as_u64().unwrap_or(0),
             ..Default::default()
         }
     }
@@ -421,6 +430,15 @@ impl Outcome {
                     a.slab_kib,
                     b.slab_kib,
                     (b.slab_kib as f64 - a.slab_kib as f64) / n
+                ),
+            );
+        }
+        if self.tls_full + self.tls_resumed > 0 {
+            line(
+                "TLS",
+                format!(
+                    "{} full + {} resumed handshakes (whole run)",
+                    self.tls_full, self.tls_resumed
                 ),
             );
         }

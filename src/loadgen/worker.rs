@@ -5,13 +5,20 @@
 //! reports progress through the shared atomic counters in [`Shared`] and
 //! its final numbers as a [`WorkerResult`]. It must not block: every wait
 //! is a poll timeout, and every phase has a deadline.
+//!
+//! With `--tls` each connection carries its own `rustls::ClientConnection`
+//! ([`Sock`]): reads decrypt into the same per-thread buffer the plain path
+//! reads into, writes encrypt what tungstenite writes. The plain path pays
+//! one branch per read or write for it.
 
-use crate::Scenario;
+use crate::{Scenario, TlsClient};
 
 use hdrhistogram::Histogram;
 use memchr::memmem::{Finder, FinderRev};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
+use rustls::HandshakeKind;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, Read, Write};
@@ -52,6 +59,10 @@ pub struct Shared {
     /// Workers that have left their publishing loop (nothing more will be
     /// published by them).
     pub done_publishing: std::sync::atomic::AtomicUsize,
+    /// TLS: full handshakes completed (whole run, not just the window).
+    pub tls_full: AtomicU64,
+    /// TLS: resumed handshakes completed (whole run).
+    pub tls_resumed: AtomicU64,
 }
 
 impl Shared {
@@ -120,6 +131,8 @@ pub struct Plan {
     /// Fan-out: how long to wait, after publishing stopped, for the last
     /// acks and (twice that) for members to receive every acked message.
     pub drain: Duration,
+    /// TLS client configuration and server name (`--tls`).
+    pub tls: TlsClient,
 }
 
 enum Phase {
@@ -141,8 +154,123 @@ enum Role2 {
     Idle,
 }
 
+/// A connection's bytes on the wire: plain TCP, or TLS over it. `Read`
+/// and `Write` are plaintext either way, so tungstenite and the frame
+/// parser do not know the difference.
+///
+/// With TLS a read hands out the plaintext rustls already holds, and only
+/// when there is none reads the socket (one `read_tls`, up to 4 KiB) and
+/// decrypts; it answers WouldBlock only once the socket is drained, so a
+/// short read says nothing (see [`Worker::read_frames`]). A write first
+/// pushes out records still waiting; if the socket does not take them it
+/// answers WouldBlock (the backlog stays in tungstenite's buffer, bounded
+/// as without TLS), else rustls encrypts the plaintext and the records go
+/// out; those the socket does not take wait for the writable event
+/// ([`Sock::flush_tls`]).
+struct Sock {
+    tcp: TcpStream,
+    tls: Option<Box<ClientConnection>>,
+}
+
+impl Sock {
+    /// Sends the TLS records waiting in the session; `Ok(true)` when
+    /// nothing is left (always without TLS).
+    fn flush_tls(&mut self) -> io::Result<bool> {
+        match self.tls.as_deref_mut() {
+            None => Ok(true),
+            Some(t) => tls_flush(t, &mut self.tcp),
+        }
+    }
+}
+
+fn tls_flush(t: &mut ClientConnection, tcp: &mut TcpStream) -> io::Result<bool> {
+    while t.wants_write() {
+        match t.write_tls(tcp) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn tls_read(t: &mut ClientConnection, tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match t.reader().read(buf) {
+            Ok(n) => return Ok(n), // 0: close_notify received
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        let n = t.read_tls(tcp)?;
+        if let Err(e) = t.process_new_packets() {
+            // rustls queued an alert saying why: best effort.
+            let _ = t.write_tls(tcp);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        // Handshake records (and, once it is done, the request rustls held).
+        tls_flush(t, tcp)?;
+        if n == 0 {
+            // EOF: what was decrypted before it still counts.
+            return match t.reader().read(buf) {
+                Ok(n) => Ok(n),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    Ok(0)
+                }
+                Err(e) => Err(e),
+            };
+        }
+    }
+}
+
+impl Read for Sock {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            None => self.tcp.read(buf),
+            Some(t) => tls_read(t, &mut self.tcp, buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            None => self.tcp.write(buf),
+            Some(t) => {
+                if !tls_flush(t, &mut self.tcp)? {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                // Before the handshake is done rustls holds the plaintext
+                // (the upgrade request) and sends it after the Finished.
+                let n = t.writer().write(buf)?;
+                tls_flush(t, &mut self.tcp)?;
+                if n == 0 && !buf.is_empty() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.flush_tls()? {
+            true => Ok(()),
+            false => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Sock,
     phase: Phase,
     role: Role2,
     path: &'static str,
@@ -316,14 +444,22 @@ impl Worker {
             (Role2::Publisher { .. }, Some(a)) => a,
             _ => self.plan.addrs[self.dialed % self.plan.addrs.len()].0,
         };
-        let mut stream = match dial(addr, src) {
+        let tls = match &self.plan.tls {
+            None => None,
+            Some((config, name)) => match ClientConnection::new(config.clone(), name.clone()) {
+                Ok(c) => Some(Box::new(c)),
+                Err(e) => return self.error(format!("TLS: {e}")),
+            },
+        };
+        let tcp = match dial(addr, src) {
             Ok(s) => s,
             Err(e) => return self.error(format!("connect from {src}: {e}")),
         };
+        let mut stream = Sock { tcp, tls };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
+            &mut stream.tcp,
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -560,10 +696,10 @@ impl Worker {
         };
         match &mut c.phase {
             Phase::Connecting => {
-                if let Ok(Some(e)) | Err(e) = c.stream.take_error() {
+                if let Ok(Some(e)) | Err(e) = c.stream.tcp.take_error() {
                     return self.fail(key, format!("connect: {e}"));
                 }
-                if c.stream.peer_addr().is_err() {
+                if c.stream.tcp.peer_addr().is_err() {
                     return; // not connected yet
                 }
                 let req = format!(
@@ -578,6 +714,10 @@ impl Worker {
                 self.on_writable(key);
             }
             Phase::Handshake { out, written, .. } => {
+                // TLS handshake records the socket did not take at once.
+                if let Err(e) = c.stream.flush_tls() {
+                    return self.fail(key, format!("TLS write: {e}"));
+                }
                 while *written < out.len() {
                     match c.stream.write(&out[*written..]) {
                         Ok(n) => *written += n,
@@ -618,6 +758,8 @@ impl Worker {
             let mut buf = [0u8; 4096];
             loop {
                 match stream.read(&mut buf) {
+                    // An answer, then EOF (a refusal): said below.
+                    Ok(0) if input.windows(4).any(|w| w == b"\r\n\r\n") => break,
                     Ok(0) => return self.fail(key, "closed during handshake".into()),
                     Ok(n) => input.extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -637,6 +779,14 @@ impl Worker {
             let rest = input[end + 4..].to_vec();
             let ws = WebSocketContext::new(Role::Client, Some(self.cfg));
             let c = &mut self.conns[key];
+            if let Some(t) = c.stream.tls.as_deref() {
+                let kind = if t.handshake_kind() == Some(HandshakeKind::Resumed) {
+                    &self.shared.tls_resumed
+                } else {
+                    &self.shared.tls_full
+                };
+                kind.fetch_add(1, Ordering::Relaxed);
+            }
             c.phase = Phase::Open(Box::new(ws));
             c.pending = rest; // frames that came with the 101 (the welcome)
             self.shared.open.fetch_add(1, Ordering::Relaxed);
@@ -655,6 +805,9 @@ impl Worker {
         if !self.drain_pending(key) {
             return;
         }
+        // A short TLS read is one record's plaintext, not a drained socket.
+        let may_skip_eagain =
+            may_skip_eagain && self.conns.get(key).is_some_and(|c| c.stream.tls.is_none());
         let mut buf = std::mem::take(&mut self.rbuf);
         while let Some(c) = self.conns.get_mut(key) {
             let n = match c.stream.read(&mut buf) {
