@@ -386,10 +386,13 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
     let go = Instant::now();
     let warm = Duration::from_secs_f64(a.warmup);
     let dur = Duration::from_secs_f64(a.duration);
-    let mut window: Option<(Instant, u64, u64, Option<CpuSample>)> = None;
+    type Window = (Instant, u64, u64, Option<CpuSample>, [Option<CpuSample>; 2]);
+    let mut window: Option<Window> = None;
+    let own = || [CpuSample::take(std::process::id()), CpuSample::machine()];
     let mut last_print = Instant::now();
     let mut last_ops = 0;
     let result_window;
+    let gen_machine;
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let now = Instant::now();
@@ -400,6 +403,7 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
                 shared.ops.load(Ordering::Relaxed),
                 shared.published.load(Ordering::Relaxed),
                 CpuSample::take_all(&a.server_pid),
+                own(),
             ));
         }
         if !a.quiet && a.shard.is_none() && now.duration_since(last_print) >= Duration::from_secs(1)
@@ -416,11 +420,13 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
             last_ops = ops;
             last_print = now;
         }
-        if let Some((start, ops0, pub0, cpu0)) = &window
+        if let Some((start, ops0, pub0, cpu0, [gen0, mach0])) = &window
             && now >= *start + dur
         {
             shared.measuring.store(false, Ordering::SeqCst);
             let cpu1 = CpuSample::take_all(&a.server_pid);
+            let [gen1, mach1] = own();
+            gen_machine = [gen0.zip(gen1), mach0.zip(mach1)].map(|d| d.map(|(a, b)| b.minus(a)));
             if let (Some(before), Some(&pid)) = (mem_before, a.server_pid.first()) {
                 idle_mem = Some((before, report::MemSample::take(pid)));
             }
@@ -452,6 +458,7 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
     o.ops = result_window.1;
     o.published = result_window.2;
     o.server_cpu = result_window.3;
+    [o.gen_cpu, o.machine_cpu] = gen_machine;
     o.errors = shared.errors.load(Ordering::Relaxed);
     o.unacked = shared.unacked.load(Ordering::SeqCst);
     o.open_after_setup = open_after_setup;
@@ -535,11 +542,14 @@ fn run_procs(a: &Args) -> Outcome {
     let warm = Duration::from_secs_f64(a.warmup);
     std::thread::sleep(warm);
     let cpu0 = CpuSample::take_all(&a.server_pid);
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let (gen0, mach0) = (CpuSample::take_all(&pids), CpuSample::machine());
     let window_start = Instant::now();
     std::thread::sleep(
         (go + warm + Duration::from_secs_f64(a.duration)).saturating_duration_since(Instant::now()),
     );
     let cpu1 = CpuSample::take_all(&a.server_pid);
+    let (gen1, mach1) = (CpuSample::take_all(&pids), CpuSample::machine());
     let idle_mem = mem_before.zip(a.server_pid.first().map(|&p| report::MemSample::take(p)));
     let sampled = window_start.elapsed().as_secs_f64();
     // Fan-out: every shard reports the final seqs its publishers got; all
@@ -590,6 +600,8 @@ fn run_procs(a: &Args) -> Outcome {
         o.window_s = sampled;
     }
     o.server_cpu = cpu0.zip(cpu1).map(|(a, b)| b.minus(a));
+    o.gen_cpu = gen0.zip(gen1).map(|(a, b)| b.minus(a));
+    o.machine_cpu = mach0.zip(mach1).map(|(a, b)| b.minus(a));
     o.idle_mem = idle_mem;
     o
 }

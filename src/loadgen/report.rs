@@ -44,6 +44,25 @@ impl CpuSample {
         Some(sum)
     }
 
+    /// The whole machine's busy time, all CPUs (`/proc/stat`): user + nice,
+    /// and system + irq + softirq; idle, iowait and steal left out.
+    pub fn machine() -> Option<CpuSample> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+        Some(CpuSample {
+            user: (at(0) + at(1)) / tick,
+            sys: (at(2) + at(5) + at(6)) / tick,
+        })
+    }
+
     /// `self - earlier`.
     pub fn minus(self, earlier: CpuSample) -> CpuSample {
         CpuSample {
@@ -93,6 +112,10 @@ pub struct Outcome {
     pub published: u64,
     /// Server CPU over the window.
     pub server_cpu: Option<CpuSample>,
+    /// The generator's own CPU over the window (all its processes).
+    pub gen_cpu: Option<CpuSample>,
+    /// The whole machine's busy CPU over the window.
+    pub machine_cpu: Option<CpuSample>,
     /// Latencies, µs.
     pub hist: Option<Histogram<u64>>,
     /// Fan-out: publish→ack latencies, µs.
@@ -265,6 +288,16 @@ impl Outcome {
                    "total_us_per_op": per(c.user + c.sys),
                    "cores_busy": (c.user + c.sys) / self.window_s.max(1e-9)})
         });
+        let busy = |c: CpuSample| (c.user + c.sys) / self.window_s.max(1e-9);
+        let gen_cpu = self
+            .gen_cpu
+            .map(|c| json!({"user_s": c.user, "sys_s": c.sys, "cores_busy": busy(c)}));
+        // What else ran: the machine minus the server and the generator.
+        let machine_cpu = self.machine_cpu.map(|m| {
+            let known = self.server_cpu.map_or(0.0, busy) + self.gen_cpu.map_or(0.0, busy);
+            json!({"cores_busy": busy(m),
+                   "other_cores_busy": (busy(m) - known).max(0.0)})
+        });
         let mem = self.idle_mem.map(|(a, b)| {
             let n = self.open_after_setup.max(1) as f64;
             json!({"rss_before_kib": a.rss_kib, "rss_after_kib": b.rss_kib,
@@ -293,6 +326,8 @@ impl Outcome {
             },
             "ack_hist_hex": self.ack_hist.as_ref().map(hist_to_hex),
             "server_cpu": cpu,
+            "generator_cpu": gen_cpu,
+            "machine_cpu": machine_cpu,
             "memory": mem,
             "missing": self.total_missing(),
             "gaps": self.missing,
@@ -415,6 +450,20 @@ impl Outcome {
                     j["server_cpu"]["sys_us_per_op"].as_f64().unwrap_or(0.0),
                     one,
                     j["server_cpu"]["cores_busy"].as_f64().unwrap_or(0.0)
+                ),
+            );
+        }
+        if let (Some(g), Some(m)) = (
+            &j["generator_cpu"].as_object(),
+            &j["machine_cpu"].as_object(),
+        ) {
+            line(
+                "CPU",
+                format!(
+                    "generator {:.2} cores busy, machine {:.2} (other processes {:.2})",
+                    g["cores_busy"].as_f64().unwrap_or(0.0),
+                    m["cores_busy"].as_f64().unwrap_or(0.0),
+                    m["other_cores_busy"].as_f64().unwrap_or(0.0)
                 ),
             );
         }
