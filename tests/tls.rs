@@ -306,6 +306,68 @@ fn a_proxy_header_before_the_handshake_names_the_client() {
     assert_eq!(other.recv()["type"], "welcome");
 }
 
+/// With TLS the per-address handshake rate applies at accept (a handshake
+/// costs the core a signature before any request is read), and a
+/// connection that paid there is not charged again at its upgrade.
+#[test]
+fn tls_handshakes_are_rate_limited_per_address_at_accept_and_paid_once() {
+    let pki = pki();
+    let ca = pki.s("ca.pem");
+    let s = tls_server(&pki, |c| {
+        c.limits.per_ip_exempt = Vec::new();
+        c.limits.handshakes_per_ip_per_sec = 0.01; // no refill within the test
+        c.limits.handshakes_per_ip_burst = 3.0;
+    });
+    let from = |src: &str| -> Result<Tls, String> {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let bind: SocketAddr = format!("{src}:0").parse().unwrap();
+        sock.bind(&bind.into()).unwrap();
+        sock.connect(&s.addr.into()).map_err(|e| e.to_string())?;
+        let tcp: TcpStream = sock.into();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(client_config(&ca, &[]), name).unwrap();
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(tls)
+    };
+    let upgrade = |tls: Tls| -> Result<Wss, String> {
+        let url = format!("wss://localhost:{}/ws", s.addr.port());
+        match tungstenite::client(url.as_str(), tls) {
+            Ok((ws, _)) => Ok(Wss::new(ws)),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                Err(r.status().to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    // Three handshakes from .21, each upgraded: one token each, not two
+    // (charged twice, the second upgrade would be a 429).
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let tls = from("127.0.0.21").unwrap_or_else(|e| panic!("handshake {i}: {e}"));
+        let mut ws = upgrade(tls).unwrap_or_else(|e| panic!("upgrade {i}: {e}"));
+        assert_eq!(ws.recv()["type"], "welcome");
+        held.push(ws);
+    }
+    // The fourth is refused before any TLS: the socket just closes.
+    let Err(e) = from("127.0.0.21") else {
+        panic!("a fourth handshake from .21 was served");
+    };
+    assert!(
+        !e.contains("certificate"),
+        "closed before TLS, not a TLS failure: {e}"
+    );
+    // Another address is unaffected.
+    let mut other = upgrade(from("127.0.0.22").expect("handshake from .22")).unwrap();
+    assert_eq!(other.recv()["type"], "welcome");
+}
+
 /// The served certificate is replaced on SIGHUP: new handshakes get the
 /// new one (trusted by another CA), the connection made before keeps its
 /// session and keeps receiving; a reload from broken files keeps the

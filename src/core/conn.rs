@@ -40,6 +40,9 @@ pub(super) struct HttpConn {
     pub(super) proxy_done: bool,
     /// The client address a trusted proxy's PROXY header gave.
     pub(super) proxy_source: Option<IpAddr>,
+    /// The address whose handshake token was taken at accept (TLS: the
+    /// handshake is paid for before the request is read).
+    pub(super) paid: Option<IpAddr>,
 }
 
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@
 //! upgrade itself (101 + `welcome` in one write). It must not handle
 //! WebSocket frames (`ws`) or know about rooms.
 
-use super::conn::{Conn, State, Then, Upgrade, WsConn};
+use super::conn::{Conn, HttpConn, State, Then, Upgrade, WsConn};
 use super::http::{self, Route, check_upgrade, error_response, json_response, switching_protocols};
 use super::outq::OutQueue;
 use super::stream::{self, Stream};
@@ -48,6 +48,7 @@ impl Core {
                         warn!(core = self.id, error = %e, "register failed; connection dropped");
                         continue;
                     }
+                    let mut paid = None;
                     let stream = match &self.shared.tls {
                         None => Stream::plain(stream),
                         Some(tls) => {
@@ -56,6 +57,23 @@ impl Core {
                                 .trusted_proxies
                                 .iter()
                                 .any(|t| t.contains(&peer.ip()));
+                            // A TLS handshake costs this core a signature
+                            // before any request: the per-address handshake
+                            // rate applies now, to the TCP peer (a trusted
+                            // proxy's clients are counted at the upgrade).
+                            if !proxied {
+                                if !self
+                                    .shared
+                                    .per_ip
+                                    .take_handshake(peer.ip(), self.shared.now_ms())
+                                {
+                                    debug!(core = self.id, ip = %peer.ip(), "TLS handshake refused: limits.handshakes_per_ip_per_sec");
+                                    self.metrics.http_error(429);
+                                    let _ = self.poll.registry().deregister(&mut stream);
+                                    continue;
+                                }
+                                paid = Some(peer.ip());
+                            }
                             match Stream::tls(stream, tls.config(), proxied) {
                                 Ok(s) => s,
                                 Err(e) => {
@@ -72,7 +90,10 @@ impl Core {
                         generation,
                         counted: false,
                         ip: None,
-                        state: State::Http(Box::default()),
+                        state: State::Http(Box::new(HttpConn {
+                            paid,
+                            ..Default::default()
+                        })),
                     });
                     let deadline = self.now_ms + self.shared.config.auth.timeout * 1000;
                     self.timer(deadline, key, generation, TimerKind::Handshake);
@@ -385,7 +406,7 @@ impl Core {
             Route::ClientJs => web::client_js(),
             Route::Ws | Route::Echo => {
                 let peer = self.client_ip(key, &req);
-                match self.upgrade_request(&req, route == Route::Echo, leftover, peer) {
+                match self.upgrade_request(key, &req, route == Route::Echo, leftover, peer) {
                     Ok(up) => {
                         let ws_key = req.ws_key.as_deref().unwrap_or_default();
                         if let Some(conn) = self.conns.get_mut(key) {
@@ -422,6 +443,7 @@ impl Core {
     /// HTTP response refusing it.
     pub(super) fn upgrade_request(
         &mut self,
+        key: usize,
         req: &http::Request,
         echo: bool,
         leftover: Vec<u8>,
@@ -438,7 +460,7 @@ impl Core {
         }
         // Per address first: a refused or failing handshake still spends a
         // token (token guessing is throttled too).
-        let ip = self.admit_ip(peer)?;
+        let ip = self.admit_ip(key, peer)?;
         let release = |me: &Self| {
             if let Some(ip) = ip {
                 me.shared.per_ip.release(ip);
@@ -502,12 +524,23 @@ impl Core {
 
     /// Takes a new connection from `peer` through the per-address limits:
     /// `Ok(Some(ip))` when counted (release it when the connection goes),
-    /// `Ok(None)` when not counted, or the 429 refusing it.
-    pub(super) fn admit_ip(&mut self, peer: Option<IpAddr>) -> Result<Option<IpAddr>, Vec<u8>> {
+    /// `Ok(None)` when not counted, or the 429 refusing it. A connection
+    /// whose TLS handshake already took the token pays it once.
+    pub(super) fn admit_ip(
+        &mut self,
+        key: usize,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<IpAddr>, Vec<u8>> {
         let Some(ip) = peer else {
             return Ok(None);
         };
-        match self.shared.per_ip.admit(ip, self.shared.now_ms()) {
+        let paid = matches!(self.conns.get(key), Some(Conn { state: State::Http(h), .. }) if h.paid == Some(ip));
+        let now = self.shared.now_ms();
+        let admitted = match paid {
+            true => self.shared.per_ip.admit_paid(ip, now),
+            false => self.shared.per_ip.admit(ip, now),
+        };
+        match admitted {
             Ok(counted) => Ok(counted.then_some(ip)),
             Err(why) => {
                 let message = match why {

@@ -86,11 +86,40 @@ impl PerIp {
     /// refuses; `Ok(false)`: an exempt address, not counted. A counted
     /// connection must be [`release`](Self::release)d once.
     pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<bool, Refusal> {
+        self.admit_with(ip, now_ms, true)
+    }
+
+    /// As [`admit`](Self::admit) for a connection whose handshake token
+    /// was already taken ([`take_handshake`](Self::take_handshake), at
+    /// accept): only the connection bound applies.
+    pub fn admit_paid(&self, ip: IpAddr, now_ms: u64) -> Result<bool, Refusal> {
+        self.admit_with(ip, now_ms, false)
+    }
+
+    /// Takes a handshake token for `ip` without counting a connection: a
+    /// TLS handshake costs the core a signature before any request is
+    /// seen, so with TLS the token is taken at accept. `false`: over the
+    /// rate (exempt addresses always pass).
+    pub fn take_handshake(&self, ip: IpAddr, now_ms: u64) -> bool {
         if !self.counts(ip) {
-            return Ok(false);
+            return true;
         }
         let l = &self.limits;
         let mut map = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
+        let e = Self::entry(&mut map, ip, now_ms, l);
+        if e.tokens < 1.0 {
+            return false;
+        }
+        e.tokens -= 1.0;
+        true
+    }
+
+    fn entry<'a>(
+        map: &'a mut HashMap<IpAddr, Entry>,
+        ip: IpAddr,
+        now_ms: u64,
+        l: &Limits,
+    ) -> &'a mut Entry {
         if map.len() > SWEEP_AT {
             map.retain(|_, e| e.conns > 0 || refill(e, now_ms, l) < l.burst);
         }
@@ -101,13 +130,25 @@ impl PerIp {
         });
         e.tokens = refill(e, now_ms, l);
         e.at_ms = now_ms;
+        e
+    }
+
+    fn admit_with(&self, ip: IpAddr, now_ms: u64, take_token: bool) -> Result<bool, Refusal> {
+        if !self.counts(ip) {
+            return Ok(false);
+        }
+        let l = &self.limits;
+        let mut map = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
+        let e = Self::entry(&mut map, ip, now_ms, l);
         if l.max_connections > 0 && e.conns as usize >= l.max_connections {
             return Err(Refusal::Connections);
         }
-        if e.tokens < 1.0 {
-            return Err(Refusal::Handshakes);
+        if take_token {
+            if e.tokens < 1.0 {
+                return Err(Refusal::Handshakes);
+            }
+            e.tokens -= 1.0;
         }
-        e.tokens -= 1.0;
         e.conns += 1;
         Ok(true)
     }
@@ -187,6 +228,14 @@ mod tests {
         assert_eq!(t.admit(a, 1000), Err(Refusal::Handshakes));
         assert_eq!(t.admit(a, 1050), Err(Refusal::Handshakes), "half a token");
         assert_eq!(t.admit(a, 1100), Ok(true), "100 ms = one token at 10/s");
+        // A token taken at accept (TLS) is not taken again at admission.
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.take_handshake(c, 5000));
+        }
+        assert!(!t.take_handshake(c, 5000), "the burst is spent");
+        assert_eq!(t.admit(c, 5000), Err(Refusal::Handshakes));
+        assert_eq!(t.admit_paid(c, 5000), Ok(true), "paid at accept");
     }
 
     #[test]

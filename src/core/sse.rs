@@ -142,7 +142,7 @@ impl Core {
             (None, Some(q)) => parse_cursor(&q),
             (None, None) => Vec::new(),
         };
-        let ip = match self.admit_ip(self.client_ip(key, req)) {
+        let ip = match self.admit_ip(key, self.client_ip(key, req)) {
             Ok(ip) => ip,
             Err(resp) => {
                 self.metrics.http_error(429);

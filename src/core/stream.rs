@@ -139,15 +139,20 @@ impl Stream {
 
     /// Ends our side: close_notify (TLS), then the TCP half-close. Callers
     /// first see [`Stream::flush_tls`] return `Ok(true)`, so no data is cut.
+    /// When the socket does not take the close_notify at once, the TCP
+    /// half-close is left out: the alert goes on the next writable event,
+    /// and a TLS peer takes it as the end.
     pub(super) fn shutdown_write(&mut self) {
-        self.close_notify();
-        let _ = self.tcp.shutdown(std::net::Shutdown::Write);
+        if self.close_notify() {
+            let _ = self.tcp.shutdown(std::net::Shutdown::Write);
+        }
     }
 
     /// Queues and tries once to send the TLS close_notify (when the stream
     /// is going away; nothing without TLS or before the handshake is done:
     /// a handshake cut short by its deadline just ends).
-    pub(super) fn close_notify(&mut self) {
+    /// `false`: the socket did not take all of it.
+    pub(super) fn close_notify(&mut self) -> bool {
         if let Some(t) = self.tls.as_deref_mut()
             && matches!(t.start, Start::Tls)
             && !t.conn.is_handshaking()
@@ -155,8 +160,9 @@ impl Stream {
         {
             t.closed = true;
             t.conn.send_close_notify();
-            let _ = t.flush(&mut self.tcp);
+            return t.flush(&mut self.tcp).unwrap_or(true);
         }
+        true
     }
 }
 

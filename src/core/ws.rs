@@ -97,7 +97,7 @@ impl Core {
                     return;
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return self.remove_conn(key);
+                    return self.remove_when_flushed(key);
                 }
                 Err(_) if ws.closing => return self.remove_conn(key),
                 Err(tungstenite::Error::Protocol(
@@ -177,14 +177,15 @@ impl Core {
             out: &mut ws.out,
         };
         match ws.ctx.flush(&mut io) {
-            Ok(()) => {
-                if ws.failed && conn.stream.flush_tls().unwrap_or(true) {
-                    // The close frame is out: end our side so the peer sees EOF.
-                    conn.stream.shutdown_write();
-                }
-            }
+            Ok(()) if ws.failed => match conn.stream.flush_tls() {
+                // The close frame is out: end our side so the peer sees EOF.
+                Ok(true) => conn.stream.shutdown_write(),
+                Ok(false) => {} // the writable event comes back here
+                Err(_) => self.remove_conn(key),
+            },
+            Ok(()) => {}
             Err(e) if ws_would_block(&e) => {}
-            Err(tungstenite::Error::ConnectionClosed) => self.remove_conn(key),
+            Err(tungstenite::Error::ConnectionClosed) => self.remove_when_flushed(key),
             Err(tungstenite::Error::WriteBufferFull(_)) => {} // a pong that will be retried
             Err(e) => {
                 debug!(core = self.id, error = %e, "flush failed");
@@ -651,6 +652,20 @@ impl Core {
             generation,
             TimerKind::CloseDeadline,
         );
+    }
+
+    /// Removes a connection whose close handshake is complete, once its
+    /// last bytes are out: a TLS session may still hold the records of the
+    /// close reply when the socket was full (without TLS they are in the
+    /// kernel already). Until then the writable event comes back through
+    /// [`Core::ws_flush`], and the close deadline bounds the wait.
+    pub(super) fn remove_when_flushed(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && let Ok(false) = conn.stream.flush_tls()
+        {
+            return;
+        }
+        self.remove_conn(key);
     }
 
     /// Removes a connection at once: leaves its rooms and frees its slot.
