@@ -5,7 +5,8 @@ usage: bench_report.py RAW_DIR OUT.md "SERVERS" "SETTINGS"
 
 Medians over repetitions per (case, server); ratios against corecast; the
 issue's targets checked; hand-written notes from docs/bench-notes.md
-appended when present (so analysis survives regeneration).
+appended when present (so analysis survives regeneration), and the "## TLS"
+section of the previous OUT.md (scripts/bench_tls.sh's figures) kept.
 """
 import datetime
 import glob
@@ -278,6 +279,19 @@ if os.path.exists(cluster):
     # Written by scripts/bench_cluster.sh.
     w(open(cluster).read().rstrip())
     w("")
+
+# The TLS section (plain ws against wss, from scripts/bench_tls.sh) is
+# written by hand into the report: carried over from the previous one.
+if os.path.exists(out):
+    tls, keep = [], False
+    for l in open(out).read().splitlines():
+        if l.startswith("## "):
+            keep = l.startswith("## TLS")
+        if keep:
+            tls.append(l)
+    if tls:
+        w("\n".join(tls).rstrip())
+        w("")
 
 w("## Raw runs")
 w("")
