@@ -3,7 +3,8 @@
 # sockets (in-process servers, the built binary, the load generator's smoke
 # runs), doc tests, the async baseline variants' own tests, and the
 # JavaScript client's (type check, dist/ matching its sources and the size
-# budget, unit tests, Node against the built server binary).
+# budget, unit tests, Node against the built server binary), and a short
+# run of every fuzz target (scripts/fuzz.sh; needs cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Third-party clients for tests/third_party.rs, in a venv of our own.
@@ -23,3 +24,5 @@ command -v node >/dev/null || { echo "scripts/test.sh: node is required (clients
     node build.mjs --check
     CORECAST_BIN="$PWD/../../target/debug/corecast" npm test --silent
 )
+# Every fuzz target for 20 s (fails on a crash); docs/FUZZING.md.
+scripts/fuzz.sh 20

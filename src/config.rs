@@ -451,14 +451,29 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let mut table = match file {
+        match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError(format!("cannot read config file {}: {e}", path.display()))
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+                Config::load_str(Some((&text, &path.display().to_string())), env, flags)
             }
+            None => Config::load_str(None, env, flags),
+        }
+    }
+
+    /// [`Config::load`] with the file's contents given: defaults <- the
+    /// TOML `text` (if any; `origin` names it in a syntax error) <-
+    /// `CORECAST_*` from `env` <- `flags`, then validates.
+    pub fn load_str(
+        text: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match text {
+            Some((text, origin)) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError(format!("{origin}: {e}")))?,
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;

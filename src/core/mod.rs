@@ -33,7 +33,7 @@ pub mod outq;
 pub mod per_ip;
 pub mod proxy;
 pub mod sockio;
-mod sse;
+pub mod sse;
 mod stream;
 mod timers;
 mod web;

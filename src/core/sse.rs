@@ -62,8 +62,12 @@ impl SseConn {
     }
 }
 
-/// Parses a `Last-Event-ID` cursor into per-room positions.
-pub(super) fn parse_cursor(s: &str) -> Vec<(String, Since)> {
+/// Parses a `Last-Event-ID` cursor (`room:seq@epoch` joined by `;`, as
+/// this module writes them) into per-room positions. Parts that do not
+/// read as `room:seq[@epoch]` with a decimal `seq` are skipped; a part
+/// without `@` has an empty epoch. Total over any input (it is what a
+/// client sends).
+pub fn parse_cursor(s: &str) -> Vec<(String, Since)> {
     let mut out = Vec::new();
     for part in s.split(';') {
         let (pos, epoch) = part.rsplit_once('@').unwrap_or((part, ""));
