@@ -28,7 +28,7 @@ if [ "${AUTOBAHN_TLS:-0}" = 1 ]; then
     CURL=(curl -sf --cacert "$CERTS/cert.pem")
     HTTP=https
 fi
-CORECAST_LISTEN="127.0.0.1:$PORT" CORECAST_LOG=warn target/release/corecast --echo &
+CORECAST_LISTEN="127.0.0.1:$PORT" CORECAST_LOG=warn CORECAST_HISTORY__DURABILITY=memory target/release/corecast --echo &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "${CERTS:-/nonexistent}"' EXIT
 for _ in $(seq 50); do "${CURL[@]}" "${HTTP:-http}://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
