@@ -39,9 +39,14 @@ fn client_config(ca: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
 /// A TLS connection to `addr` trusting `ca`, handshake done.
 fn tls_connect(addr: SocketAddr, ca: &str) -> Result<Tls, String> {
     let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tls_over(tcp, ca, &[b"h2", b"http/1.1"])
+}
+
+/// The TLS handshake over a connected `tcp`, trusting `ca`.
+fn tls_over(tcp: TcpStream, ca: &str, alpn: &[&[u8]]) -> Result<Tls, String> {
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let name = ServerName::try_from("localhost").unwrap();
-    let conn = ClientConnection::new(client_config(ca, &[b"h2", b"http/1.1"]), name).unwrap();
+    let conn = ClientConnection::new(client_config(ca, alpn), name).unwrap();
     let mut tls = StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
         tls.conn
@@ -49,6 +54,19 @@ fn tls_connect(addr: SocketAddr, ca: &str) -> Result<Tls, String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(tls)
+}
+
+/// The WebSocket upgrade over `tls`; `Err`: the HTTP status line of a
+/// refusal, or what failed.
+fn wss_over(tls: Tls, port: u16) -> Result<Wss, String> {
+    let url = format!("wss://localhost:{port}/ws");
+    match tungstenite::client(url.as_str(), tls) {
+        Ok((ws, _)) => Ok(Wss::new(ws)),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The server's leaf certificate as this connection saw it.
@@ -280,20 +298,9 @@ fn a_proxy_header_before_the_handshake_names_the_client() {
     });
     let via = |client: &str| -> Result<Wss, String> {
         let mut tcp = TcpStream::connect(s.addr).unwrap();
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
         let header = format!("PROXY TCP4 {client} 127.0.0.1 40000 443\r\n");
         tcp.write_all(header.as_bytes()).unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let conn = ClientConnection::new(client_config(&ca, &[]), name).unwrap();
-        let tls = StreamOwned::new(conn, tcp);
-        let url = format!("wss://localhost:{}/ws", s.addr.port());
-        match tungstenite::client(url.as_str(), tls) {
-            Ok((ws, _)) => Ok(Wss::new(ws)),
-            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-                Err(r.status().to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        wss_over(tls_over(tcp, &ca, &[])?, s.addr.port())
     };
     let mut first = via("203.0.113.7").expect("first connection from .7");
     assert_eq!(first.recv()["type"], "welcome");
@@ -324,28 +331,9 @@ fn tls_handshakes_are_rate_limited_per_address_at_accept_and_paid_once() {
         let bind: SocketAddr = format!("{src}:0").parse().unwrap();
         sock.bind(&bind.into()).unwrap();
         sock.connect(&s.addr.into()).map_err(|e| e.to_string())?;
-        let tcp: TcpStream = sock.into();
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let conn = ClientConnection::new(client_config(&ca, &[]), name).unwrap();
-        let mut tls = StreamOwned::new(conn, tcp);
-        while tls.conn.is_handshaking() {
-            tls.conn
-                .complete_io(&mut tls.sock)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(tls)
+        tls_over(sock.into(), &ca, &[])
     };
-    let upgrade = |tls: Tls| -> Result<Wss, String> {
-        let url = format!("wss://localhost:{}/ws", s.addr.port());
-        match tungstenite::client(url.as_str(), tls) {
-            Ok((ws, _)) => Ok(Wss::new(ws)),
-            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-                Err(r.status().to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        }
-    };
+    let upgrade = |tls: Tls| wss_over(tls, s.addr.port());
     // Three handshakes from .21, each upgraded: one token each, not two
     // (charged twice, the second upgrade would be a 429).
     let mut held = Vec::new();
