@@ -552,9 +552,13 @@ impl Config {
         if l.max_connections == 0 {
             return err("limits.max_connections: must be at least 1".into());
         }
-        if !(l.handshakes_per_ip_per_sec > 0.0 && l.handshakes_per_ip_burst >= 1.0) {
+        if !(l.handshakes_per_ip_per_sec > 0.0
+            && l.handshakes_per_ip_per_sec.is_finite()
+            && l.handshakes_per_ip_burst >= 1.0
+            && l.handshakes_per_ip_burst.is_finite())
+        {
             return err(
-                "limits.handshakes_per_ip_per_sec must be > 0 and limits.handshakes_per_ip_burst >= 1"
+                "limits.handshakes_per_ip_per_sec must be > 0 and limits.handshakes_per_ip_burst >= 1 (both finite)"
                     .into(),
             );
         }
@@ -904,6 +908,32 @@ mod tests {
         assert_eq!(c.auth.api_keys, vec!["key-one-1", "key-two-2"]);
         assert!(!c.anonymous_allowed(), "a secret turns anonymous off");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn tls_files_go_together_and_handshake_rates_are_finite() {
+        let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
+        let e = load(&[("CORECAST_TLS__CERT", "/x/cert.pem")]).unwrap_err();
+        assert!(
+            e.to_string().contains("`cert` and `key` go together"),
+            "{e}"
+        );
+        let c = load(&[
+            ("CORECAST_TLS__CERT", "/x/cert.pem"),
+            ("CORECAST_TLS__KEY", "/x/key.pem"),
+        ])
+        .unwrap();
+        assert!(
+            c.tls.enabled(),
+            "files are read at start, not by the loader"
+        );
+        for (rate, burst) in [(f64::INFINITY, 200.0), (100.0, f64::INFINITY), (0.0, 200.0)] {
+            let mut c = Config::default();
+            c.limits.handshakes_per_ip_per_sec = rate;
+            c.limits.handshakes_per_ip_burst = burst;
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains("both finite"), "{rate}/{burst}: {e}");
+        }
     }
 
     #[test]
