@@ -523,16 +523,7 @@ fn a_full_disk_fails_publishes_with_internal_and_never_acks_them() {
         ping["type"], "pong",
         "no further message before the pong: {ping}"
     );
-    let (status, _, body) = http_get(server.addr, "/health");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("\"store\":\"failed\""), "{body}");
-    assert!(
-        server
-            .log()
-            .iter()
-            .any(|l| l.contains("history store write failed")),
-        "the failure is logged"
-    );
+    assert_store_failed(&server);
     // The server itself keeps serving.
     let (mut other, _) = Client::connect_welcome(&server.url("/ws"));
     assert_eq!(ask(&mut other, json!({"type":"ping"}))["type"], "pong");
@@ -638,6 +629,21 @@ impl FsyncShim {
 
 /// Reads `c` until `n` `message` events came (other events skipped);
 /// returns (seq, data.i) of each.
+/// `/health` says 503 with the store failed, and the log says why.
+fn assert_store_failed(server: &ChildServer) {
+    let (status, _, body) = http_get(server.addr, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"store\":\"failed\""), "{body}");
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("history store write failed")),
+        "the failure is logged: {:?}",
+        server.log()
+    );
+}
+
 fn messages(c: &mut Client, n: usize) -> Vec<(u64, u64)> {
     (0..n)
         .map(|_| {
@@ -780,17 +786,7 @@ fn a_failing_fsync_acks_nothing_delivers_nothing_and_fails_health() {
         "history ends at the last acked message: {h}"
     );
 
-    let (status, _, body) = http_get(server.addr, "/health");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("\"store\":\"failed\""), "{body}");
-    assert!(
-        server
-            .log()
-            .iter()
-            .any(|l| l.contains("history store write failed")),
-        "the failure is logged: {:?}",
-        server.log()
-    );
+    assert_store_failed(&server);
 
     // The disk "recovers", but after a failed fsync nobody knows what
     // reached it: the store keeps refusing and /health stays 503 until a
