@@ -52,17 +52,8 @@ SERVERS=${SERVERS:-$DEFAULT_SERVERS}
 LOAD=target/release/corecast-load
 rm -rf "$RAW" && mkdir -p "$RAW"
 
-SPID=""
-stop_server() {
-    if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then
-        kill -TERM "$SPID" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SPID" 2>/dev/null || true
-        wait "$SPID" 2>/dev/null || true
-    fi
-    SPID=""
-}
-trap stop_server EXIT
+# Server lifecycle (stop_server, await_server).
+source scripts/bench_lib.sh
 
 # start_server NAME [ENV=VALUE ...]
 start_server() {
@@ -86,12 +77,7 @@ start_server() {
             ;;
         *) echo "unknown server $name" >&2; exit 2 ;;
     esac
-    SPID=$!
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "server $name did not start; log:" >&2; cat "$log" >&2; exit 1
+    await_server "server $name" "$log"
 }
 
 # run CASE SERVER REP [SERVER_ENV...] -- LOAD_ARGS...

@@ -51,17 +51,8 @@ echo "== certificates"
         -out server.pem -days 7 -extfile ext.cnf 2>/dev/null
 )
 
-SPID=""
-stop_server() {
-    if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then
-        kill -TERM "$SPID" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SPID" 2>/dev/null || true
-        wait "$SPID" 2>/dev/null || true
-    fi
-    SPID=""
-}
-trap stop_server EXIT
+# Server lifecycle (stop_server, await_server).
+source scripts/bench_lib.sh
 
 # start_server plain|tls LOG
 start_server() {
@@ -73,12 +64,7 @@ start_server() {
         CORECAST_LISTEN="127.0.0.1:$PORT" CORECAST_ECHO=true CORECAST_LOG=warn \
         CORECAST_LIMITS__RATE_PER_SEC=1000000000 CORECAST_LIMITS__RATE_BURST=1000000000 \
         nice -n "$NICE" taskset -c "$SERVER_CPUS" target/release/corecast --cores "$SERVER_CORES" 2>"$2" &
-    SPID=$!
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "server did not start; log:" >&2; cat "$2" >&2; exit 1
+    await_server server "$2"
 }
 
 # run CASE MODE REP LOAD_ARGS...   (MODE: plain, tls or tls-resume)

@@ -1,0 +1,28 @@
+# Shared by scripts/bench.sh and scripts/bench_tls.sh (sourced, not run):
+# the lifecycle of the one server process a benchmark run talks to.
+# SPID holds its pid; PORT is where it listens.
+
+SPID=""
+
+# stop_server: SIGTERM (a drain), SIGKILL after 10 s.
+stop_server() {
+    if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then
+        kill -TERM "$SPID" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SPID" 2>/dev/null || true
+        wait "$SPID" 2>/dev/null || true
+    fi
+    SPID=""
+}
+trap stop_server EXIT
+
+# await_server WHAT LOG: the server just started in the background ($!)
+# becomes SPID once it accepts on PORT; otherwise its log and exit 1.
+await_server() {
+    SPID=$!
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "$1 did not start; log:" >&2; cat "$2" >&2; exit 1
+}
