@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_BACKLOG: usize = 1_048_576;
 /// much tungstenite copies at a time; it is resident on every connection
 /// that ever read (tungstenite's own default, 128 KiB, would be ~130 KiB).
 pub const DEFAULT_READ_BUFFER: usize = 128;
+/// Largest `limits.max_write_delay_ms`, ms.
+pub const MAX_WRITE_DELAY_MS: u64 = 1000;
 /// Default largest message on the `/echo` route (Autobahn sends 16 MiB).
 pub const DEFAULT_ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Default messages of history kept per room.
@@ -361,6 +363,12 @@ pub struct LimitsConfig {
     pub read_buffer: usize,
     /// Largest message on `/echo`, bytes.
     pub echo_max_message: usize,
+    /// The CPU/latency dial, ms: a connection's deliveries (room messages,
+    /// presence, direct messages, broadcasts) may wait up to this long so
+    /// that more frames share one write syscall; replies (acks, errors,
+    /// pongs) never wait. 0: written as soon as the core has no more input
+    /// (latency first).
+    pub max_write_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -415,6 +423,7 @@ impl Default for LimitsConfig {
             max_backlog: DEFAULT_MAX_BACKLOG,
             read_buffer: DEFAULT_READ_BUFFER,
             echo_max_message: DEFAULT_ECHO_MAX_MESSAGE,
+            max_write_delay_ms: 0,
         }
     }
 }
@@ -666,6 +675,12 @@ impl Config {
             return err(format!(
                 "limits.echo_max_message: {} must be 1024..=268435456 bytes",
                 l.echo_max_message
+            ));
+        }
+        if l.max_write_delay_ms > MAX_WRITE_DELAY_MS {
+            return err(format!(
+                "limits.max_write_delay_ms: {} must be 0..={MAX_WRITE_DELAY_MS} ms",
+                l.max_write_delay_ms
             ));
         }
         self.validate_cluster()
@@ -934,6 +949,17 @@ mod tests {
             let e = c.validate().unwrap_err();
             assert!(e.to_string().contains("both finite"), "{rate}/{burst}: {e}");
         }
+    }
+
+    #[test]
+    fn write_delay_is_a_bounded_dial() {
+        let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
+        assert_eq!(Config::default().limits.max_write_delay_ms, 0);
+        let c = load(&[("CORECAST_LIMITS__MAX_WRITE_DELAY_MS", "20")]).unwrap();
+        assert_eq!(c.limits.max_write_delay_ms, 20);
+        assert!(load(&[("CORECAST_LIMITS__MAX_WRITE_DELAY_MS", "1000")]).is_ok());
+        let e = load(&[("CORECAST_LIMITS__MAX_WRITE_DELAY_MS", "1001")]).unwrap_err();
+        assert!(e.to_string().contains("limits.max_write_delay_ms"), "{e}");
     }
 
     #[test]

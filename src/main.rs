@@ -29,6 +29,11 @@ use tracing::{info, warn};
 /// (or [tls] cert/key) serve wss:// and https:// on the listen address.
 /// SIGHUP reads both files again. SIGTERM or SIGINT drains; a second one
 /// exits at once.
+///
+/// CPU or latency: CORECAST_LIMITS__MAX_WRITE_DELAY_MS=N (0-1000, default
+/// 0) lets deliveries wait up to N ms so more frames share one write
+/// syscall (replies never wait); /metrics shows corecast_core_busy_ratio and
+/// corecast_frames_per_write per core to tell saturated from unbatched.
 #[derive(Parser, Debug)]
 #[command(name = "corecast", version, about, long_about)]
 struct Cli {

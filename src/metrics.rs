@@ -13,7 +13,9 @@
 use crate::proto::ErrorCode;
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -83,6 +85,20 @@ pub struct CoreMetrics {
     pub delivery_us: Histogram<u64>,
     /// Duration of one loop iteration's work (after poll returns), µs.
     pub loop_us: Histogram<u64>,
+    /// Time the loop spent outside `epoll_wait`, µs.
+    pub busy_us: u64,
+    /// Write syscalls made on this core's sockets (`write`, `writev`,
+    /// TLS records included).
+    pub write_syscalls: u64,
+    /// Frames queued to WebSocket connections for writing (deliveries,
+    /// replies, replays).
+    pub frames_queued: u64,
+    /// Sleeps (`epoll_wait` with a timeout) taken while holding deliveries
+    /// for `limits.max_write_delay_ms` (never with the dial at 0).
+    pub write_delay_waits: u64,
+    /// Duration of a flush pass (writing every connection with output),
+    /// µs.
+    pub flush_us: Histogram<u64>,
 }
 
 impl Default for CoreMetrics {
@@ -100,6 +116,11 @@ impl Default for CoreMetrics {
             api_requests: 0,
             delivery_us: histogram(),
             loop_us: histogram(),
+            busy_us: 0,
+            write_syscalls: 0,
+            frames_queued: 0,
+            write_delay_waits: 0,
+            flush_us: histogram(),
         }
     }
 }
@@ -145,6 +166,12 @@ pub struct Snapshot {
     pub out_per_s: u64,
     /// Monotonic ms of the core's last loop iteration.
     pub last_loop_ms: u64,
+    /// Fraction of the last full second the loop spent outside
+    /// `epoll_wait`.
+    pub busy_ratio: f64,
+    /// Frames queued per write syscall over the last full second (0 when
+    /// nothing was written).
+    pub frames_per_write: f64,
     /// The counters.
     pub metrics: CoreMetrics,
 }
@@ -173,13 +200,7 @@ impl Merged {
         help: &str,
         f: impl Fn(&Snapshot) -> u64,
     ) -> Result<(), std::fmt::Error> {
-        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for s in &self.0 {
-            let labels = core_label(s.core);
-            let g = ConstGauge::new(f(s) as i64);
-            g.encode(m.encode_family(&labels)?)?;
-        }
-        Ok(())
+        self.per_core(encoder, MetricType::Gauge, (name, help), f)
     }
 
     fn counter(
@@ -210,6 +231,26 @@ impl Merged {
         Ok(())
     }
 
+    /// A counter or gauge (`ty`) with one sample per core.
+    fn per_core<N: EncodeCounterValue + EncodeGaugeValue>(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        ty: MetricType,
+        (name, help): (&str, &str),
+        f: impl Fn(&Snapshot) -> N,
+    ) -> Result<(), std::fmt::Error> {
+        let mut m = encoder.encode_descriptor(name, help, None, ty)?;
+        for s in &self.0 {
+            let labels = core_label(s.core);
+            let family = m.encode_family(&labels)?;
+            match ty {
+                MetricType::Counter => ConstCounter::new(f(s)).encode(family)?,
+                _ => ConstGauge::new(f(s)).encode(family)?,
+            }
+        }
+        Ok(())
+    }
+
     fn histogram(
         &self,
         encoder: &mut DescriptorEncoder,
@@ -221,34 +262,54 @@ impl Merged {
         for s in &self.0 {
             let _ = all.add(f(&s.metrics));
         }
-        // Per-bucket counts (the encoder makes them cumulative), then the
-        // rest in +Inf.
-        let mut buckets = Vec::with_capacity(BUCKETS_S.len() + 1);
-        let mut seen = 0u64;
-        let mut iter = all.iter_recorded().peekable();
-        for bound in BUCKETS_S {
-            let bound_us = (bound * 1e6) as u64;
-            let mut n = 0;
-            while let Some(v) = iter.peek() {
-                if all.lowest_equivalent(v.value_iterated_to()) > bound_us {
-                    break;
-                }
-                n += v.count_at_value();
-                iter.next();
-            }
-            seen += n;
-            buckets.push((bound, n));
-        }
-        buckets.push((f64::INFINITY, all.len() - seen));
-        let sum_s = all.mean() * all.len() as f64 / 1e6;
         let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            sum_s,
-            all.len(),
-            &buckets,
-            None,
-        )
+        let (sum_s, count, buckets) = buckets(&all);
+        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum_s, count, &buckets, None)
     }
+
+    /// A histogram with one series per core.
+    fn histogram_per_core(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        f: impl Fn(&CoreMetrics) -> &Histogram<u64>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for s in &self.0 {
+            let labels = core_label(s.core);
+            let (sum_s, count, buckets) = buckets(f(&s.metrics));
+            m.encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum_s, count, &buckets, None,
+                )?;
+        }
+        Ok(())
+    }
+}
+
+/// A µs histogram as (sum in seconds, count, per-bucket counts for
+/// [`BUCKETS_S`] then the rest in +Inf); the encoder makes them
+/// cumulative.
+fn buckets(h: &Histogram<u64>) -> (f64, u64, Vec<(f64, u64)>) {
+    let mut buckets = Vec::with_capacity(BUCKETS_S.len() + 1);
+    let mut seen = 0u64;
+    let mut iter = h.iter_recorded().peekable();
+    for bound in BUCKETS_S {
+        let bound_us = (bound * 1e6) as u64;
+        let mut n = 0;
+        while let Some(v) = iter.peek() {
+            if h.lowest_equivalent(v.value_iterated_to()) > bound_us {
+                break;
+            }
+            n += v.count_at_value();
+            iter.next();
+        }
+        seen += n;
+        buckets.push((bound, n));
+    }
+    buckets.push((f64::INFINITY, h.len() - seen));
+    (h.mean() * h.len() as f64 / 1e6, h.len(), buckets)
 }
 
 impl Collector for Merged {
@@ -374,6 +435,69 @@ impl Collector for Merged {
             "Work of one core loop iteration",
             |m| &m.loop_us,
         )?;
+        // Headroom: "busy because saturated" (high busy ratio, many frames
+        // per write) against "busy because unbatched" (high busy ratio,
+        // about one frame per write: see limits.max_write_delay_ms).
+        self.per_core(
+            &mut e,
+            MetricType::Counter,
+            (
+                "corecast_core_busy_seconds",
+                "Time the core loop spent outside epoll_wait",
+            ),
+            |s| s.metrics.busy_us as f64 / 1e6,
+        )?;
+        self.per_core(
+            &mut e,
+            MetricType::Gauge,
+            (
+                "corecast_core_busy_ratio",
+                "Fraction of the last full second the core loop spent outside epoll_wait",
+            ),
+            |s| s.busy_ratio,
+        )?;
+        self.per_core(
+            &mut e,
+            MetricType::Counter,
+            (
+                "corecast_write_syscalls",
+                "Write syscalls on the core's sockets",
+            ),
+            |s| s.metrics.write_syscalls,
+        )?;
+        self.per_core(
+            &mut e,
+            MetricType::Counter,
+            (
+                "corecast_frames_queued",
+                "Frames queued to WebSocket connections for writing",
+            ),
+            |s| s.metrics.frames_queued,
+        )?;
+        self.per_core(
+            &mut e,
+            MetricType::Gauge,
+            (
+                "corecast_frames_per_write",
+                "Frames queued per write syscall over the last full second",
+            ),
+            |s| s.frames_per_write,
+        )?;
+        self.per_core(
+            &mut e,
+            MetricType::Counter,
+            (
+                "corecast_write_delay_waits",
+                "Sleeps taken while holding deliveries for limits.max_write_delay_ms",
+            ),
+            |s| s.metrics.write_delay_waits,
+        )?;
+        self.histogram_per_core(
+            &mut e,
+            "corecast_flush_pass_seconds",
+            "Duration of a flush pass (writing every connection with output)",
+            |m| &m.flush_us,
+        )?;
         if let Some((up, read)) = self.1.redis {
             let m = e.encode_descriptor(
                 "corecast_redis_up",
@@ -470,6 +594,8 @@ mod tests {
             in_per_s: 0,
             out_per_s: 0,
             last_loop_ms: 0,
+            busy_ratio: 0.25,
+            frames_per_write: 8.0,
             metrics,
         };
         let node = NodeStats {

@@ -254,7 +254,14 @@ fn invalid_config_also_stops_the_token_subcommand() {
 fn help_lists_the_operator_flags_and_token() {
     let r = run(&["--help"], &[]);
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
-    for needle in ["--config", "--listen", "--cores", "token"] {
+    for needle in [
+        "--config",
+        "--listen",
+        "--cores",
+        "token",
+        "CORECAST_LIMITS__MAX_WRITE_DELAY_MS",
+        "corecast_frames_per_write",
+    ] {
         assert!(
             r.stdout.contains(needle),
             "--help lacks {needle}:\n{}",

@@ -180,44 +180,6 @@ fn sse_refuses_bad_tokens_and_forbidden_rooms() {
     assert_eq!(status, 400);
 }
 
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix(name)
-            && let Some(v) = rest.strip_prefix(labels).and_then(|r| r.strip_prefix(' '))
-        {
-            return v.trim().parse().unwrap();
-        }
-    }
-    panic!("{name}{labels} not in /metrics:\n{text}");
-}
-
-fn scrape(s: &TestServer) -> String {
-    let (status, head, body) = http_raw(
-        s.addr,
-        b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
-    );
-    assert_eq!(status, 200, "{head}");
-    assert!(head.contains("application/openmetrics-text"), "{head}");
-    // Well-formed OpenMetrics: every sample belongs to a declared family,
-    // and the exposition ends with # EOF.
-    assert!(body.ends_with("# EOF\n"));
-    let families: Vec<&str> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split_whitespace().next().unwrap())
-        .collect();
-    for l in body.lines().filter(|l| !l.starts_with('#')) {
-        let name = l.split(['{', ' ']).next().unwrap();
-        assert!(
-            families.iter().any(|f| name.starts_with(f)),
-            "sample {l:?} of no declared family"
-        );
-        let value = l.rsplit(' ').next().unwrap();
-        assert!(value.parse::<f64>().is_ok(), "bad value in {l:?}");
-    }
-    body
-}
-
 /// Without an `Accept` that names OpenMetrics, `/metrics` is the
 /// Prometheus text format 0.0.4: no `# EOF`, counters typed under the
 /// `_total` names their samples carry, the same values.

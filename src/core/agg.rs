@@ -313,8 +313,12 @@ impl Core {
             in_per_s: self.rates.2,
             out_per_s: self.rates.3,
             last_loop_ms: self.now_ms,
+            busy_ratio: self.headroom.1,
+            frames_per_write: self.headroom.2,
             metrics: {
                 let mut m = self.metrics.clone();
+                m.write_syscalls = super::stream::write_syscalls();
+                m.frames_queued = self.flush.frames;
                 m.bytes_in = self.scratch.bytes;
                 m.published = self.home.as_ref().map_or(0, |h| h.published());
                 m
@@ -322,7 +326,7 @@ impl Core {
         }
     }
 
-    /// Once a second: message rates, late gatherings.
+    /// Once a second: message rates, the headroom ratios, late gatherings.
     pub(super) fn tick(&mut self) {
         let (in0, out0) = (self.rates.0, self.rates.1);
         self.rates = (
@@ -331,6 +335,22 @@ impl Core {
             self.metrics.messages_in - in0,
             self.metrics.messages_out - out0,
         );
+        let now = (
+            self.metrics.busy_us,
+            self.now_us,
+            self.flush.frames,
+            super::stream::write_syscalls(),
+        );
+        let ((busy0, at0, frames0, writes0), _, _) = self.headroom;
+        let wall = now.1.saturating_sub(at0).max(1);
+        let busy = (now.0 - busy0) as f64 / wall as f64;
+        let writes = now.3 - writes0;
+        let per_write = if writes == 0 {
+            0.0
+        } else {
+            (now.2 - frames0) as f64 / writes as f64
+        };
+        self.headroom = (now, busy.min(1.0), per_write);
         for a in self.aggs.expired(self.now_ms) {
             self.agg_finish(a, true);
         }

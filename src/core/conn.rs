@@ -156,6 +156,7 @@ pub(super) fn queue_ws(
     let allowance = (ws.replay_allowance as usize).min(ws.out.pending());
     ws.replay_allowance = allowance as u32;
     ws.out.push(frame);
+    flush.frames += 1;
     let limit = if ws.session.is_some() {
         backlogs.0
     } else {
@@ -195,6 +196,7 @@ pub(super) fn queue_replay(
     }
     let left = (ws.replay_allowance as usize).min(ws.out.pending());
     let before = ws.out.pending();
+    flush.frames += frames.len() as u64;
     for f in frames {
         ws.out.push(f);
     }
@@ -204,13 +206,15 @@ pub(super) fn queue_replay(
 }
 
 /// Connections with queued output, in two classes (see
-/// [`Core::flush_pending`]).
+/// [`Core::flush_pending`]), and the count of frames queued.
 #[derive(Debug, Default)]
 pub(super) struct FlushLists {
     /// Replies to this connection's own commands, control frames.
     pub(super) urgent: Vec<usize>,
-    /// Room deliveries only.
+    /// Room deliveries only (they may wait for `limits.max_write_delay_ms`).
     pub(super) deferred: Vec<usize>,
+    /// Frames queued to WebSocket connections so far (metrics).
+    pub(super) frames: u64,
 }
 
 impl FlushLists {

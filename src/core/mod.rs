@@ -318,8 +318,13 @@ pub struct Core {
     backlogs: (usize, usize),
     /// Event buffer for [`Core::take_input_now`].
     mid_events: Events,
-    /// When the oldest deferred (room delivery) output was queued.
+    /// When the oldest deferred (room delivery) output started waiting.
     deferred_since: Option<Instant>,
+    /// `limits.max_write_delay_ms`: how long deferred output may wait.
+    write_delay: Duration,
+    /// (busy µs, wall µs, frames queued, write syscalls) at the last tick,
+    /// and the busy ratio and frames per write over that second.
+    headroom: ((u64, u64, u64, u64), f64, f64),
     /// This iteration handled new input (socket reads, accepts, bus).
     had_input: bool,
     runnable: Vec<(usize, u32)>,
@@ -395,6 +400,8 @@ impl Core {
             ),
             mid_events: Events::with_capacity(256),
             deferred_since: None,
+            write_delay: Duration::from_millis(init.shared.config.limits.max_write_delay_ms),
+            headroom: ((0, 0, 0, 0), 0.0, 0.0),
             had_input: false,
             runnable: Vec::new(),
             to_close: Vec::new(),
@@ -418,6 +425,9 @@ impl Core {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
+            if !timeout.is_zero() && !self.flush.deferred.is_empty() {
+                self.metrics.write_delay_waits += 1;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -433,17 +443,27 @@ impl Core {
             self.drain_bus();
             self.run_timers();
             self.run_runnable();
-            self.flush_pending();
+            if self.flush.urgent.is_empty() && self.flush.deferred.is_empty() {
+                self.flush_pending();
+            } else {
+                let (t0, w0) = (self.shared.now_us(), stream::write_syscalls());
+                self.flush_pending();
+                if stream::write_syscalls() != w0 {
+                    let us = self.shared.now_us().saturating_sub(t0);
+                    crate::metrics::CoreMetrics::record(&mut self.metrics.flush_us, us);
+                }
+            }
             self.flush_engine();
             debug_assert!(self.local.is_empty() && self.to_close.is_empty());
-            // Sampled: one busy iteration in 16 pays for the second clock
-            // read.
+            // Time outside epoll_wait (one clock read per iteration); the
+            // iteration histogram samples one busy iteration in 16.
+            let busy = self.shared.now_us().saturating_sub(self.now_us);
+            self.metrics.busy_us += busy;
             if !events.is_empty() {
                 self.iterations = self.iterations.wrapping_add(1);
-            }
-            if self.iterations % 16 == 1 && !events.is_empty() {
-                let us = self.shared.now_us().saturating_sub(self.now_us);
-                crate::metrics::CoreMetrics::record(&mut self.metrics.loop_us, us);
+                if self.iterations % 16 == 1 {
+                    crate::metrics::CoreMetrics::record(&mut self.metrics.loop_us, busy);
+                }
             }
             let stats = &self.shared.cores[self.id];
             stats.last_loop_ms.store(self.now_ms, Ordering::Relaxed);
@@ -498,11 +518,11 @@ impl Core {
     }
 
     fn poll_timeout(&self) -> Duration {
-        if !self.runnable.is_empty()
-            || self.more_bus
-            || !self.flush.urgent.is_empty()
-            || !self.flush.deferred.is_empty()
-        {
+        if !self.runnable.is_empty() || self.more_bus || !self.flush.urgent.is_empty() {
+            return Duration::ZERO;
+        }
+        let held = self.deliveries_wait();
+        if held == Some(Duration::ZERO) {
             return Duration::ZERO;
         }
         let ms = self
@@ -510,7 +530,9 @@ impl Core {
             .next_timeout_ms(self.shared.now_ms())
             .unwrap_or(MAX_SLEEP_MS)
             .min(MAX_SLEEP_MS);
-        Duration::from_millis(ms)
+        let timers = Duration::from_millis(ms);
+        // mio rounds a sub-millisecond wait up to 1 ms.
+        held.map_or(timers, |h| h.min(timers))
     }
 
     fn timer(&mut self, at_ms: u64, key: usize, generation: u32, kind: TimerKind) {

@@ -23,15 +23,51 @@
 //!   ([`is_plain_http`]) so the front door can answer it in plain text
 //!   instead of with a TLS alert no browser shows.
 //!
+//! Every write syscall on a socket goes through here, and is counted per
+//! thread ([`write_syscalls`]: one core each) for the headroom metrics.
+//!
 //! It must not parse HTTP or WebSocket frames; the PROXY header is parsed by
 //! [`super::proxy`].
 
 use super::proxy;
 use mio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
+use std::cell::Cell;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+thread_local! {
+    /// Write syscalls made on this thread's sockets (a thread-local: each
+    /// core counts its own without sharing a cache line).
+    static WRITES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Write syscalls made on this thread's sockets so far.
+pub(super) fn write_syscalls() -> u64 {
+    WRITES.with(Cell::get)
+}
+
+/// The socket, counting each write syscall.
+struct Counted<'a>(&'a mut TcpStream);
+
+impl Write for Counted<'_> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        WRITES.with(|c| c.set(c.get() + 1));
+        self.0.write(buf)
+    }
+
+    #[inline]
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        WRITES.with(|c| c.set(c.get() + 1));
+        self.0.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Most bytes looked at before deciding what the stream starts with (a
 /// PROXY v2 header with TLVs plus the record header).
@@ -170,7 +206,7 @@ impl Tls {
     /// `Ok(true)` when no record is left to send.
     fn flush(&mut self, tcp: &mut TcpStream) -> io::Result<bool> {
         while self.conn.wants_write() {
-            match self.conn.write_tls(tcp) {
+            match self.conn.write_tls(&mut Counted(tcp)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -185,7 +221,7 @@ impl Tls {
     fn process(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
         if let Err(e) = self.conn.process_new_packets() {
             // rustls queued an alert saying why: best effort.
-            let _ = self.conn.write_tls(tcp);
+            let _ = self.conn.write_tls(&mut Counted(tcp));
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
         self.flush(tcp).map(|_| ())
@@ -293,7 +329,7 @@ impl Tls {
     fn write(&mut self, tcp: &mut TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self.start {
             Start::Tls => {}
-            Start::Plain => return tcp.write_vectored(bufs),
+            Start::Plain => return Counted(tcp).write_vectored(bufs),
             Start::Fresh { .. } => {
                 return Err(io::Error::new(
                     io::ErrorKind::NotConnected,
@@ -325,7 +361,7 @@ impl Write for Stream {
     #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.tls.as_deref_mut() {
-            None => self.tcp.write(buf),
+            None => Counted(&mut self.tcp).write(buf),
             Some(t) => t.write(&mut self.tcp, &[IoSlice::new(buf)]),
         }
     }
@@ -333,7 +369,7 @@ impl Write for Stream {
     #[inline]
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self.tls.as_deref_mut() {
-            None => self.tcp.write_vectored(bufs),
+            None => Counted(&mut self.tcp).write_vectored(bufs),
             Some(t) => t.write(&mut self.tcp, bufs),
         }
     }

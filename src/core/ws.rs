@@ -195,8 +195,12 @@ impl Core {
     }
 
     /// Flushes connections with output, each once: replies (acks, errors,
-    /// pongs, closes) every iteration; room deliveries when an iteration
-    /// brought no new input or [`DEFER_US`] has passed. During a long pass
+    /// pongs, closes) every iteration; room deliveries when they are due
+    /// ([`Core::deliveries_due`]: with `limits.max_write_delay_ms` = 0 when
+    /// an iteration brought no new input or [`DEFER_US`] has passed, so the
+    /// core never sleeps holding them; with a delay, once the oldest held
+    /// delivery has waited that long: one deadline per core, no timer per
+    /// connection). During a long pass
     /// over room deliveries, input that arrives is taken in every
     /// [`FLUSH_POLL_EVERY`] connections, so the messages it publishes ride
     /// along in the writes still to come (a busy core packs more frames into
@@ -207,11 +211,7 @@ impl Core {
         self.flush_urgent();
         let mut mid_polls = 0;
         for _ in 0..4 {
-            let due = !self.flush.deferred.is_empty() && {
-                let since = *self.deferred_since.get_or_insert_with(Instant::now);
-                !self.had_input || since.elapsed() >= Duration::from_micros(DEFER_US)
-            };
-            if !due {
+            if !self.deliveries_due() {
                 return;
             }
             let keys = std::mem::take(&mut self.flush.deferred);
@@ -234,6 +234,38 @@ impl Core {
             self.settle();
             self.flush_urgent();
             self.had_input = false; // what follows came from our own flushes
+        }
+    }
+
+    /// Whether the held room deliveries are to be written now (starts their
+    /// wait when it has not started).
+    pub(super) fn deliveries_due(&mut self) -> bool {
+        if self.flush.deferred.is_empty() {
+            return false;
+        }
+        let waited = self
+            .deferred_since
+            .get_or_insert_with(Instant::now)
+            .elapsed();
+        if self.write_delay.is_zero() {
+            !self.had_input || waited >= Duration::from_micros(DEFER_US)
+        } else {
+            waited >= self.write_delay || self.draining_until.is_some()
+        }
+    }
+
+    /// How long the core may sleep before held deliveries are due (`None`:
+    /// none is held; zero: they are due or the dial is 0, so the loop
+    /// must not sleep).
+    pub(super) fn deliveries_wait(&self) -> Option<Duration> {
+        if self.flush.deferred.is_empty() {
+            return None;
+        }
+        match self.deferred_since {
+            Some(since) if !self.write_delay.is_zero() && self.draining_until.is_none() => {
+                Some(self.write_delay.saturating_sub(since.elapsed()))
+            }
+            _ => Some(Duration::ZERO),
         }
     }
 
@@ -318,6 +350,7 @@ impl Core {
             return;
         }
         ws.out.push_frame(opcode, payload, shared);
+        self.flush.frames += 1;
         let limit = if ws.session.is_some() {
             self.backlogs.0
         } else {
