@@ -276,7 +276,8 @@ fn bench_broadcast(c: &mut Criterion) {
     );
 
     // What the server does now (core::outq): the frame is framed once and
-    // shared; each connection queues a reference and `writev`s it.
+    // shared (an `Rc` per core); each connection queues a reference and
+    // `writev`s it.
     let mut queues: Vec<(OutQueue, MemStream)> = (0..CONNS)
         .map(|_| (OutQueue::default(), MemStream::default()))
         .collect();
@@ -296,6 +297,7 @@ fn bench_broadcast(c: &mut Criterion) {
                     )
                     .as_bytes(),
                 );
+                let frame = outq::Frame::new(frame);
                 for (q, stream) in queues.iter_mut() {
                     q.push(frame.clone());
                     assert!(q.write_to(stream).expect("write"));
@@ -321,6 +323,7 @@ fn bench_broadcast(c: &mut Criterion) {
                         )
                         .as_bytes(),
                     );
+                    let frame = outq::Frame::new(frame);
                     for (q, _) in queues.iter_mut() {
                         q.push(frame.clone());
                     }

@@ -8,13 +8,14 @@
 //! do I/O; the front door ([`super::front`]), the WebSocket I/O
 //! ([`super::ws`]) and SSE ([`super::sse`]) do.
 
-use super::outq::OutQueue;
+use super::outq::{Frame, OutQueue};
 use super::stream::Stream;
 use super::{http, sse};
 use crate::proto::close;
 use crate::proto::session::Session;
 use bytes::Bytes;
 use std::net::IpAddr;
+use std::rc::Rc;
 use tungstenite::protocol::WebSocketContext;
 
 /// A connection before the WebSocket upgrade (or a plain HTTP exchange).
@@ -133,6 +134,13 @@ pub(super) enum Closing {
     Drop(&'static str),
 }
 
+/// A framed message to queue: shared with other connections of the core,
+/// or this connection's alone.
+pub(super) enum Push {
+    Shared(Frame),
+    Own(Bytes),
+}
+
 /// Queues a framed message on a WebSocket connection; marks it for
 /// flushing; records a needed close when its backlog passes the bound
 /// (`backlogs`: `/ws`, `/echo`): 4009.
@@ -140,7 +148,7 @@ pub(super) enum Closing {
 pub(super) fn queue_ws(
     conn: &mut Conn,
     key: usize,
-    frame: Bytes,
+    frame: Push,
     backlogs: (usize, usize),
     flush: &mut FlushLists,
     urgent: bool,
@@ -155,7 +163,10 @@ pub(super) fn queue_ws(
     // What is left of a replay is at most what is still queued.
     let allowance = (ws.replay_allowance as usize).min(ws.out.pending());
     ws.replay_allowance = allowance as u32;
-    ws.out.push(frame);
+    match frame {
+        Push::Shared(f) => ws.out.push(f),
+        Push::Own(b) => ws.out.push_own(b),
+    }
     flush.frames += 1;
     let limit = if ws.session.is_some() {
         backlogs.0
@@ -198,7 +209,7 @@ pub(super) fn queue_replay(
     let before = ws.out.pending();
     flush.frames += frames.len() as u64;
     for f in frames {
-        ws.out.push(f);
+        ws.out.push(Rc::new(f));
     }
     let added = ws.out.pending() - before;
     ws.replay_allowance = u32::try_from(left + added).unwrap_or(u32::MAX);

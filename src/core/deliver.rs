@@ -10,7 +10,8 @@
 //! not sequence, store or route anything between cores itself.
 
 use super::Core;
-use super::conn::{Conn, State, WsConn, queue_replay, queue_ws};
+use super::conn::{Conn, Push, State, WsConn, queue_replay, queue_ws};
+use super::outq::Frame;
 use crate::engine::{AggRef, Command, ConnRef, Event, Report};
 use crate::proto::command::Id;
 use bytes::Bytes;
@@ -25,7 +26,7 @@ impl Core {
                     let us = self.now_us.saturating_sub(at_us);
                     crate::metrics::CoreMetrics::record(&mut self.metrics.delivery_us, us);
                 }
-                self.deliver_local(&room, &frame)
+                self.deliver_local(&room, frame)
             }
             Event::Reply { conn, frame } => {
                 if self.live(conn.key as usize, conn.generation) {
@@ -120,20 +121,21 @@ impl Core {
         self.queue(key, frame);
     }
 
-    pub(super) fn deliver_local(&mut self, room: &str, frame: &Bytes) {
+    pub(super) fn deliver_local(&mut self, room: &str, frame: Bytes) {
         if !self.sse_rooms.is_empty() {
-            self.sse_deliver(room, frame);
+            self.sse_deliver(room, &frame);
         }
         let Some(members) = self.rooms.members(room) else {
             return;
         };
+        let frame = Frame::new(frame);
         self.metrics.messages_out += members.len() as u64;
         for (_, &key) in members.iter() {
             if let Some(conn) = self.conns.get_mut(key as usize) {
                 queue_ws(
                     conn,
                     key as usize,
-                    frame.clone(),
+                    Push::Shared(frame.clone()),
                     self.backlogs,
                     &mut self.flush,
                     false,
@@ -174,8 +176,9 @@ impl Core {
         // Each connection once, even when it shares several rooms.
         targets.sort_unstable();
         targets.dedup();
+        let frame = Frame::new(frame.clone());
         for &key in &targets {
-            self.deliver_one(key, frame.clone());
+            self.deliver_one(key, &frame);
         }
         self.key_scratch = targets;
     }
@@ -207,10 +210,10 @@ impl Core {
     }
 
     /// Queues a shared frame to one connection as a room-style delivery.
-    pub(super) fn deliver_one(&mut self, key: usize, frame: Bytes) {
+    pub(super) fn deliver_one(&mut self, key: usize, frame: &Frame) {
         if self.conns.contains(key) {
             self.metrics.messages_out += 1;
-            self.queue_as(key, frame, false);
+            self.queue_as(key, Push::Shared(frame.clone()), false);
         }
     }
 
@@ -231,8 +234,9 @@ impl Core {
                 }
             }
         }
+        let frame = Frame::new(frame.clone());
         for &key in &targets {
-            self.deliver_one(key, frame.clone());
+            self.deliver_one(key, &frame);
         }
         self.key_scratch = targets;
     }
@@ -269,10 +273,11 @@ impl Core {
     }
 
     pub(super) fn deliver_to(&mut self, keys: Vec<usize>, frame: Bytes) -> u64 {
+        let frame = Frame::new(frame);
         let mut delivered = 0;
         for key in keys {
             if self.ws_open(key) {
-                self.deliver_one(key, frame.clone());
+                self.deliver_one(key, &frame);
                 delivered += 1;
             }
         }

@@ -11,12 +11,23 @@
 //! frames it owns (pongs, pings, close); the core writes a close frame only
 //! after this queue is empty, so no data follows it.
 //!
+//! The reference counted per connection is an [`Frame`] (`Rc<Bytes>`), made
+//! once per frame on the core that delivers it: its count is a plain
+//! increment, where cloning the `Bytes` itself is a locked (atomic)
+//! instruction per connection, which also waits for the stores before it
+//! (the cold queue slots of the connections before) — docs/ARCHITECTURE.md
+//! has the measurement. A queue is a core's, so it never crosses threads.
+//!
 //! This module must not know about WebSocket state: it only frames and moves
 //! bytes.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+/// A frame shared by the connections of one core that receive it.
+pub type Frame = Rc<Bytes>;
 
 /// iovecs built on the stack; more (up to [`IOV_MAX`]) go in a heap vector.
 const IOV_STACK: usize = 64;
@@ -27,6 +38,9 @@ const IOV_MAX: usize = 1024;
 const INLINE_PAYLOAD: usize = 4096;
 /// The tail buffer keeps its allocation between flushes up to this size.
 const TAIL_KEEP: usize = 4096;
+/// A frame for one connection alone up to this size is copied into the
+/// tail rather than wrapped in a [`Frame`] (an allocation).
+const COPY_OWN: usize = 512;
 
 pub use crate::frame::{BINARY, TEXT, header_len, push_header, text_frame};
 
@@ -35,7 +49,7 @@ pub use crate::frame::{BINARY, TEXT, header_len, push_header, text_frame};
 /// echoes) are appended to, so they cost no allocation once it is warm.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Frame>,
     /// Bytes of the front frame already written.
     offset: usize,
     /// Private bytes after all of `frames`.
@@ -48,10 +62,21 @@ pub struct OutQueue {
 
 impl OutQueue {
     /// Queues a complete shared frame (or a piece of one).
-    pub fn push(&mut self, bytes: Bytes) {
+    pub fn push(&mut self, frame: Frame) {
         self.seal_tail();
-        self.pending += bytes.len();
-        self.frames.push_back(bytes);
+        self.pending += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Queues a framed message for this connection alone: a small one is
+    /// copied into the tail, a large one queued as it is.
+    pub fn push_own(&mut self, bytes: Bytes) {
+        if bytes.len() <= COPY_OWN {
+            self.tail.extend_from_slice(&bytes);
+            self.pending += bytes.len();
+        } else {
+            self.push(Rc::new(bytes));
+        }
     }
 
     /// Moves unwritten tail bytes into the frame list, so that what is
@@ -60,7 +85,7 @@ impl OutQueue {
         if self.tail.len() > self.tail_offset {
             let mut sealed = Bytes::from(std::mem::take(&mut self.tail));
             let _ = sealed.split_to(self.tail_offset);
-            self.frames.push_back(sealed);
+            self.frames.push_back(Rc::new(sealed));
         }
         self.tail.clear();
         self.tail_offset = 0;
@@ -74,8 +99,8 @@ impl OutQueue {
             Some(big) if payload.len() > INLINE_PAYLOAD => {
                 let mut head = Vec::with_capacity(10);
                 push_header(&mut head, opcode, payload.len());
-                self.push(Bytes::from(head));
-                self.push(big);
+                self.push(Rc::new(Bytes::from(head)));
+                self.push(Rc::new(big));
             }
             _ => {
                 let before = self.tail.len();
@@ -263,8 +288,8 @@ mod tests {
         let mut q = OutQueue::default();
         let a = text_frame(b"first frame");
         let b = text_frame(b"second");
-        q.push(a.clone());
-        q.push(b);
+        q.push(Rc::new(a.clone()));
+        q.push(Rc::new(b));
         let mut w = Trickle {
             got: Vec::new(),
             cap: 5,
@@ -280,7 +305,7 @@ mod tests {
             "the started frame is finished, the other dropped"
         );
         let mut q = OutQueue::default();
-        q.push(text_frame(b"x"));
+        q.push(Rc::new(text_frame(b"x")));
         q.drop_unstarted();
         assert!(q.is_empty());
     }
@@ -294,7 +319,11 @@ mod tests {
             if i % 3 == 0 {
                 let f = text_frame(text.as_bytes());
                 expect.extend_from_slice(&f);
-                q.push(f);
+                q.push(Rc::new(f));
+            } else if i % 3 == 1 {
+                let f = text_frame(text.as_bytes());
+                expect.extend_from_slice(&f);
+                q.push_own(f);
             } else {
                 expect.extend_from_slice(&text_frame(text.as_bytes()));
                 q.push_text(text.as_bytes());
@@ -327,7 +356,7 @@ mod tests {
         for i in 0..1000u32 {
             let f = text_frame(format!("message {i}").as_bytes());
             expect.extend_from_slice(&f);
-            q.push(f);
+            q.push(Rc::new(f));
         }
         assert_eq!(q.pending(), expect.len());
         let mut w = Trickle {

@@ -8,7 +8,7 @@
 //! asks for into engine [`Command`]s. It must not decide anything about
 //! rooms or users itself: that is the engine's, through [`Core::submit`].
 
-use super::conn::{Closing, Conn, State, WsConn, queue_ws};
+use super::conn::{Closing, Conn, Push, State, WsConn, queue_ws};
 use super::{CLOSE_TIMEOUT_MS, Core, DEFER_US, FLUSH_POLL_EVERY, MAX_FLUSH_POLLS, READ_BUDGET};
 use super::{RECONNECT_JITTER_MS, TimerKind, outq, sockio, would_block, ws_would_block};
 use crate::engine::{Answer, Command, ConnRef, ReplyTo};
@@ -308,12 +308,12 @@ impl Core {
 
     /// Queues a framed reply (from another core, or built once).
     pub(super) fn queue(&mut self, key: usize, frame: Bytes) {
-        self.queue_as(key, frame, true);
+        self.queue_as(key, Push::Own(frame), true);
     }
 
     /// Queues a shared frame; `urgent`: flushed this iteration (a reply)
     /// rather than with the room deliveries.
-    pub(super) fn queue_as(&mut self, key: usize, frame: Bytes, urgent: bool) {
+    pub(super) fn queue_as(&mut self, key: usize, frame: Push, urgent: bool) {
         if let Some(conn) = self.conns.get_mut(key) {
             queue_ws(
                 conn,
