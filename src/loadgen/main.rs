@@ -16,7 +16,14 @@
 //!
 //! The server's CPU time over the measured window (user and system, from
 //! `/proc/PID/stat`) is reported per operation when `--server-pid` is given:
-//! the figure that carries over to bigger machines.
+//! the figure that carries over to bigger machines; `--perf-syscalls` adds
+//! the server's syscalls over the same window (see `perf.rs`).
+//!
+//! `--rate` makes fan-out and echo open loop: publishes or echoes leave on
+//! a schedule (the total rate spread evenly over the senders), not when an
+//! answer arrives; latency is measured from each message's actual send
+//! time, and how late sends left against the schedule is reported apart
+//! (`send_lag_us`: large when the generator itself falls behind).
 //!
 //! `--tls` speaks wss (rustls on ring, SNI `--tls-name`, ALPN http/1.1),
 //! every scenario alike; the generator then pays rustls on its side too.
