@@ -741,7 +741,7 @@ for name in ORDER:
     text = new.get(name) or old.get(name)
     if text:
         parts.append(f"<!-- section:{name} -->\n{text}\n<!-- /section:{name} -->")
-kept = [n for n in ORDER if n not in new and n in old]
+kept = [n for n in ORDER if n not in new and old.get(n)]
 open(out, "w").write("\n\n".join(parts) + "\n")
 print(f"bench_report.py: wrote {out}: rewrote {', '.join(n for n in ORDER if n in new) or 'nothing'}"
       f"; kept {', '.join(kept) or 'nothing'}")
