@@ -89,6 +89,7 @@ def summary(case, server):
         "writes": metric(runs, lambda r: r["write_syscalls"]["per_op"]),
         "waits": metric(runs, lambda r: r["epoll_waits"]["per_op"]),
         "lag99": metric(runs, lambda r: r["send_lag_us"]["p99"]),
+        "other": metric(runs, lambda r: r["machine_cpu"]["other_cores_busy"]),
         "rss": metric(runs, lambda r: r["memory"]["rss_per_conn_kib"]),
         "slab": metric(runs, lambda r: r["memory"]["slab_per_conn_kib"]),
         "conns": metric(runs, lambda r: r["open_after_setup"]),
@@ -141,6 +142,17 @@ CURVES = [
 DIAL_CASE = "dial-write-delay"
 DIAL_DELAYS = [0, 2, 5, 10, 20, 50]
 CURVE_CASES = [c for _, _, _, _, cs in CURVES for c, _ in cs]
+
+
+def others_line(rs):
+    """What else ran on the machine during the runs `rs` (summaries)."""
+    o = [r["other"] for r in rs if r and r["other"] is not None]
+    if not o:
+        return None
+    return (f"Other processes (neither the server nor the generator) kept {fmt(min(o), 2)}–"
+            f"{fmt(max(o), 2)} of the machine's {sh('nproc')} CPUs busy during these runs "
+            "(median per case and server); more than a few tenths means the figures are "
+            "from a shared machine and noisy.")
 
 
 def rate_label(offered):
@@ -475,6 +487,10 @@ for name, title, unit, one, cases in CURVES:
           f"({worst[1]}, {worst[2]}); the generator kept the offered schedule when this is small "
           "next to the latencies above.")
         w("")
+    line = others_line([res[case].get(s) for case, _ in cases for s in srv])
+    if line:
+        w(line)
+        w("")
     w("Every run complete (nothing missing or out of order, no errors)." if not problems
       else "Problems: " + "; ".join(problems) + ".")
     png = f"bench-{name}.png"
@@ -511,6 +527,10 @@ if any(dial.values()):
             w(f"| {d} | {fmt(r['ops'])} | {fmt(r['busy'], 2)} | {fmt(r['p50'])} | {fmt(r['p99'])} | "
               f"{fmt(r['p999'])} | {fmt(r['user'], 3)}+{fmt(r['sys'], 3)} | {fmt(r['writes'], 4)} | "
               f"{fmt(r['waits'], 4)} | {r['missing']} | {r['errors']} |")
+    line = others_line(list(dial.values()))
+    if line:
+        w("")
+        w(line)
     p = pyplot()
     if p:
         ds = [d for d, r in dial.items() if r]
