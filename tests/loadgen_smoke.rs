@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -124,6 +125,24 @@ fn fanout_at_a_fixed_rate_over_two_processes() {
     assert_eq!(v["missing"], 0);
     let published = v["published"].as_u64().unwrap();
     assert!(published > 50, "about 200/s for ~1 s: {published}");
+}
+
+#[test]
+fn echo_at_a_fixed_rate_completes_within_its_rate() {
+    let s = unlimited();
+    let v = load(
+        &s,
+        &["echo", "--conns", "4", "--size", "32", "--rate", "200"],
+    );
+    let ops = v["ops"].as_u64().unwrap();
+    assert!(ops > 0, "{v:#}");
+    // Open loop at 200/s: no more than the schedule allows in the window
+    // (closed loop on loopback does thousands per second).
+    let window = v["window_s"].as_f64().unwrap();
+    assert!(ops as f64 <= 200.0 * window * 1.5 + 4.0, "{v:#}");
+    assert!(v["latency_us"]["count"].as_u64().unwrap() > 0, "{v:#}");
+    // Paced sends are timed against their schedule.
+    assert!(v["send_lag_us"]["count"].as_u64().unwrap() > 0, "{v:#}");
 }
 
 #[test]
@@ -496,4 +515,100 @@ fn publishes_never_acked_are_reported_and_fail_the_run() {
     assert_eq!(v["unacked"], 2, "{v:#}");
     assert_eq!(v["missing"], 0, "every member got seqs 1..=22: {v:#}");
     assert_eq!(v["rooms"][0], json!([22, 4, 88]), "{v:#}");
+}
+
+/// An echo server that answers only the first `replies` messages of each
+/// connection and then only counts what it receives (total over all
+/// connections, returned with the address).
+fn echo_that_stops_answering(replies: u64) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let total = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let received = received.clone();
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(stream) else {
+                    return;
+                };
+                let mut n = 0;
+                while let Ok(m) = ws.read() {
+                    if !m.is_text() {
+                        continue;
+                    }
+                    n += 1;
+                    received.fetch_add(1, Ordering::SeqCst);
+                    if n <= replies && ws.send(m).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, total)
+}
+
+fn echo_against(addr: SocketAddr, extra: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
+        .args(["echo", "--conns", "2", "--duration", "1", "--warmup", "0.2"])
+        .args([
+            "--sources",
+            "1",
+            "--json",
+            "--quiet",
+            "--addr",
+            &addr.to_string(),
+        ])
+        .args(extra)
+        .output()
+        .expect("run corecast-load");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(out.status.success(), "{v:#}");
+    v
+}
+
+#[test]
+fn echo_with_a_rate_keeps_sending_when_replies_stop() {
+    // Closed loop (no --rate): one in flight per connection, so after its
+    // 5 replies each connection sends exactly one more and waits.
+    let (addr, received) = echo_that_stops_answering(5);
+    let v = echo_against(addr, &[]);
+    assert_eq!(received.load(Ordering::SeqCst), 2 * 6, "{v:#}");
+    // Open loop: sends keep to the schedule whatever comes back.
+    let (addr, received) = echo_that_stops_answering(5);
+    let v = echo_against(addr, &["--rate", "200"]);
+    let n = received.load(Ordering::SeqCst);
+    assert!(
+        n > 2 * 6 + 20,
+        "only {n} received at 200/s for ~1.2 s: {v:#}"
+    );
+}
+
+#[test]
+fn perf_syscalls_counts_the_servers_writes_or_says_why_not() {
+    let server = ChildServer::start(&[("CORECAST_ECHO", "true")]);
+    let pid = server.child.id().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
+        .args(["echo", "--conns", "4", "--rate", "400", "--perf-syscalls"])
+        .args(["--duration", "1", "--warmup", "0.3", "--json", "--quiet"])
+        .args(["--addr", &server.addr.to_string(), "--server-pid", &pid])
+        .output()
+        .expect("run corecast-load");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    // Without perf (or its permission) the run still succeeds and says why.
+    assert!(out.status.success(), "{v:#}");
+    if v["write_syscalls"].is_null() {
+        assert!(v["perf_error"].is_string(), "{v:#}");
+        return;
+    }
+    // Every echo the server sent back took a write of some kind.
+    let writes = &v["write_syscalls"];
+    let ops = v["ops"].as_u64().unwrap();
+    assert!(ops > 0, "{v:#}");
+    assert!(writes["total"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(writes["per_op"].as_f64().unwrap() > 0.0, "{v:#}");
+    assert!(v["read_syscalls"]["total"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(v["epoll_waits"]["total"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(v["perf_error"].is_null(), "{v:#}");
 }

@@ -16,7 +16,14 @@
 //!
 //! The server's CPU time over the measured window (user and system, from
 //! `/proc/PID/stat`) is reported per operation when `--server-pid` is given:
-//! the figure that carries over to bigger machines.
+//! the figure that carries over to bigger machines; `--perf-syscalls` adds
+//! the server's syscalls over the same window (see `perf.rs`).
+//!
+//! `--rate` makes fan-out and echo open loop: publishes or echoes leave on
+//! a schedule (the total rate spread evenly over the senders), not when an
+//! answer arrives; latency is measured from each message's actual send
+//! time, and how late sends left against the schedule is reported apart
+//! (`send_lag_us`: large when the generator itself falls behind).
 //!
 //! `--tls` speaks wss (rustls on ring, SNI `--tls-name`, ALPN http/1.1),
 //! every scenario alike; the generator then pays rustls on its side too.
@@ -26,6 +33,7 @@
 //! counts both kinds (`tls_handshakes`), so `connect` over TLS reports
 //! TLS handshakes per second.
 
+mod perf;
 mod recovery;
 mod report;
 mod worker;
@@ -103,7 +111,10 @@ struct Args {
     /// Messages missed per round (recovery).
     #[arg(long, default_value_t = 1000)]
     missed: usize,
-    /// Total publish rate per second (fan-out); 0 = flat out.
+    /// Total send rate per second, open loop: publishes (fan-out) or
+    /// echoes (echo) over all connections, evenly spread; 0 = flat out
+    /// (--inflight per publisher or connection). Latency is measured from
+    /// each message's actual send time.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// Source addresses 127.0.0.2.. to spread connections over.
@@ -141,6 +152,11 @@ struct Args {
     /// handshake is a full one (no session cache), the cost of a new client.
     #[arg(long)]
     tls_resume: bool,
+    /// Count the server's write, read and epoll-wait syscalls over the
+    /// measured window with `perf stat` on syscall tracepoints (needs
+    /// --server-pid and perf; reported per operation).
+    #[arg(long)]
+    perf_syscalls: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -221,6 +237,15 @@ fn validate(a: &Args) -> Result<(), String> {
             "{per_proc} connections per process is over the ~18000 a process may hold here; use --procs"
         ));
     }
+    if !(a.rate.is_finite() && a.rate >= 0.0) {
+        return Err("--rate must be a number >= 0".into());
+    }
+    if a.perf_syscalls && a.server_pid.is_empty() {
+        return Err("--perf-syscalls needs --server-pid".into());
+    }
+    if a.perf_syscalls && a.scenario == Scenario::Recovery {
+        return Err("--perf-syscalls is not available for recovery".into());
+    }
     if a.scenario == Scenario::Fanout && (a.rooms == 0 || a.publishers == 0) {
         return Err("fan-out needs at least one room and one publisher".into());
     }
@@ -257,7 +282,7 @@ fn args_json(a: &Args) -> serde_json::Value {
         "duration": a.duration, "warmup": a.warmup, "conns": a.conns,
         "size": a.size, "inflight": a.inflight, "rooms": a.rooms, "keys": a.keys,
         "members": a.members, "publishers": a.publishers, "rate": a.rate,
-        "missed": a.missed, "drain": a.drain,
+        "missed": a.missed, "drain": a.drain, "perf_syscalls": a.perf_syscalls,
         "tls": a.tls || a.tls_ca.is_some(), "tls_verify": a.tls_ca.is_some(),
         "tls_resume": a.tls_resume,
     })
@@ -308,8 +333,12 @@ fn plans(
                 .filter(|p| p % workers == w)
                 .map(|p| p % a.rooms)
                 .collect();
-            let rate_per_publisher = if a.rate > 0.0 {
-                a.rate / a.publishers as f64
+            let senders = match a.scenario {
+                Scenario::Echo => a.conns,
+                _ => a.publishers,
+            };
+            let rate_per_sender = if a.rate > 0.0 && senders > 0 {
+                a.rate / senders as f64
             } else {
                 0.0
             };
@@ -322,7 +351,7 @@ fn plans(
                 publishers,
                 size: a.size,
                 inflight: a.inflight.max(1),
-                rate_per_publisher,
+                rate_per_sender,
                 keys: a.keys,
                 rooms: a.rooms,
                 offset: w * 7919,
@@ -342,6 +371,8 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
         _ => None,
     };
     let shared = Arc::new(Shared::new(a.rooms));
+    // Started now so it has attached by the window's start.
+    let mut perf = PerfRun::start(a);
     let handles: Vec<_> = plans(a, &addrs, &tls, shard, procs)
         .into_iter()
         .enumerate()
@@ -395,8 +426,10 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
     let gen_machine;
     loop {
         std::thread::sleep(Duration::from_millis(50));
-        let now = Instant::now();
+        let mut now = Instant::now();
         if window.is_none() && now >= go + warm {
+            perf.enable();
+            now = Instant::now();
             shared.measuring.store(true, Ordering::SeqCst);
             window = Some((
                 now,
@@ -425,6 +458,7 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
         {
             shared.measuring.store(false, Ordering::SeqCst);
             let cpu1 = CpuSample::take_all(&a.server_pid);
+            perf.disable();
             let [gen1, mach1] = own();
             gen_machine = [gen0.zip(gen1), mach0.zip(mach1)].map(|d| d.map(|(a, b)| b.minus(a)));
             if let (Some(before), Some(&pid)) = (mem_before, a.server_pid.first()) {
@@ -466,7 +500,60 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
     o.idle_mem = idle_mem;
     o.tls_full = shared.tls_full.load(Ordering::Relaxed);
     o.tls_resumed = shared.tls_resumed.load(Ordering::Relaxed);
+    (o.syscalls, o.perf_error) = perf.finish();
     o
+}
+
+/// `--perf-syscalls` over one window; a failure is reported in the result
+/// (`perf_error`) and does not stop the run.
+struct PerfRun {
+    perf: Option<perf::Perf>,
+    error: Option<String>,
+}
+
+impl PerfRun {
+    fn start(a: &Args) -> PerfRun {
+        let mut run = PerfRun {
+            perf: None,
+            error: None,
+        };
+        if a.perf_syscalls {
+            match perf::Perf::start(&a.server_pid) {
+                Ok(p) => run.perf = Some(p),
+                Err(e) => run.fail(e),
+            }
+        }
+        run
+    }
+
+    fn fail(&mut self, e: String) {
+        eprintln!("corecast-load: --perf-syscalls: {e}");
+        self.perf = None;
+        self.error.get_or_insert(e);
+    }
+
+    fn enable(&mut self) {
+        if let Some(Err(e)) = self.perf.as_mut().map(perf::Perf::enable) {
+            self.fail(e);
+        }
+    }
+
+    fn disable(&mut self) {
+        if let Some(Err(e)) = self.perf.as_mut().map(perf::Perf::disable) {
+            self.fail(e);
+        }
+    }
+
+    fn finish(mut self) -> (Option<perf::Syscalls>, Option<String>) {
+        match self.perf.take().map(perf::Perf::finish) {
+            Some(Ok(s)) => (Some(s), None),
+            Some(Err(e)) => {
+                self.fail(e);
+                (None, self.error)
+            }
+            None => (None, self.error),
+        }
+    }
 }
 
 /// After publishing stopped: waits for this process's publishes to be
@@ -511,15 +598,21 @@ fn run_procs(a: &Args) -> Outcome {
         (Scenario::Idle, Some(&pid)) => Some(report::MemSample::take(pid)),
         _ => None,
     };
+    let mut perf = PerfRun::start(a);
     let mut children = Vec::new();
     for i in 0..a.procs {
         let mut cmd = Command::new(&exe);
-        cmd.args(std::env::args().skip(1).filter(|a| a != "--quiet"))
-            .arg("--shard")
-            .arg(i.to_string())
-            .arg("--quiet")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        // The parent counts syscalls (one perf for the whole window).
+        cmd.args(
+            std::env::args()
+                .skip(1)
+                .filter(|a| a != "--quiet" && a != "--perf-syscalls"),
+        )
+        .arg("--shard")
+        .arg(i.to_string())
+        .arg("--quiet")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
         children.push(cmd.spawn().expect("spawn shard"));
     }
     let mut readers: Vec<_> = children
@@ -541,6 +634,7 @@ fn run_procs(a: &Args) -> Outcome {
     let go = Instant::now();
     let warm = Duration::from_secs_f64(a.warmup);
     std::thread::sleep(warm);
+    perf.enable();
     let cpu0 = CpuSample::take_all(&a.server_pid);
     let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
     let (gen0, mach0) = (CpuSample::take_all(&pids), CpuSample::machine());
@@ -549,6 +643,7 @@ fn run_procs(a: &Args) -> Outcome {
         (go + warm + Duration::from_secs_f64(a.duration)).saturating_duration_since(Instant::now()),
     );
     let cpu1 = CpuSample::take_all(&a.server_pid);
+    perf.disable();
     let (gen1, mach1) = (CpuSample::take_all(&pids), CpuSample::machine());
     let idle_mem = mem_before.zip(a.server_pid.first().map(|&p| report::MemSample::take(p)));
     let sampled = window_start.elapsed().as_secs_f64();
@@ -603,5 +698,6 @@ fn run_procs(a: &Args) -> Outcome {
     o.gen_cpu = gen0.zip(gen1).map(|(a, b)| b.minus(a));
     o.machine_cpu = mach0.zip(mach1).map(|(a, b)| b.minus(a));
     o.idle_mem = idle_mem;
+    (o.syscalls, o.perf_error) = perf.finish();
     o
 }

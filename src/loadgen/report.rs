@@ -1,6 +1,7 @@
 //! Results of a load run: merging workers and shard processes, server CPU
 //! and memory samples from /proc, and the printed table / JSON.
 
+use crate::perf::{READS, Syscalls, WAITS, WRITES};
 use crate::worker::WorkerResult;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
@@ -120,6 +121,12 @@ pub struct Outcome {
     pub hist: Option<Histogram<u64>>,
     /// Fan-out: publish→ack latencies, µs.
     pub ack_hist: Option<Histogram<u64>>,
+    /// Rate mode: how late sends left against their schedule, µs.
+    pub lag_hist: Option<Histogram<u64>>,
+    /// `--perf-syscalls`: the server's syscalls over the window.
+    pub syscalls: Option<Syscalls>,
+    /// `--perf-syscalls`: why there are no counts.
+    pub perf_error: Option<String>,
     /// Fan-out: messages missing (gaps and tail).
     pub missing: u64,
     /// Fan-out: messages out of order.
@@ -199,6 +206,7 @@ impl Outcome {
         for r in results {
             add_hist(&mut o.hist, r.hist);
             add_hist(&mut o.ack_hist, r.ack_hist);
+            add_hist(&mut o.lag_hist, r.lag_hist);
             o.missing += r.missing;
             o.out_of_order += r.out_of_order;
             o.setup_failures += r.setup_failures;
@@ -221,6 +229,7 @@ impl Outcome {
             o.published += s.published;
             add_hist(&mut o.hist, s.hist);
             add_hist(&mut o.ack_hist, s.ack_hist);
+            add_hist(&mut o.lag_hist, s.lag_hist);
             o.missing += s.missing;
             o.out_of_order += s.out_of_order;
             add_rooms(&mut o.rooms, &s.rooms);
@@ -271,6 +280,21 @@ impl Outcome {
 
     fn pct(&self, q: f64) -> Option<u64> {
         pct(&self.hist, q)
+    }
+
+    /// Counts of the syscalls `names` over the window, their total, per
+    /// operation and per second.
+    fn syscall_json(&self, s: &Syscalls, names: &[&str]) -> Value {
+        let mut v = serde_json::Map::new();
+        for n in names {
+            v.insert((*n).into(), s.get(n).into());
+        }
+        let total = s.sum(names);
+        v.insert("total".into(), total.into());
+        let per_op = (self.ops > 0).then(|| total as f64 / self.ops as f64);
+        v.insert("per_op".into(), json!(per_op));
+        v.insert("per_s".into(), json!(self.rate(total)));
+        Value::Object(v)
     }
 
     /// JSON form (also how shards report to the parent).
@@ -325,6 +349,16 @@ impl Outcome {
                 "count": self.ack_hist.as_ref().map(|h| h.len()).unwrap_or(0),
             },
             "ack_hist_hex": self.ack_hist.as_ref().map(hist_to_hex),
+            "send_lag_us": {
+                "p50": pct(&self.lag_hist, 0.5), "p99": pct(&self.lag_hist, 0.99),
+                "max": self.lag_hist.as_ref().filter(|h| !h.is_empty()).map(|h| h.max()),
+                "count": self.lag_hist.as_ref().map(|h| h.len()).unwrap_or(0),
+            },
+            "lag_hist_hex": self.lag_hist.as_ref().map(hist_to_hex),
+            "write_syscalls": self.syscalls.as_ref().map(|s| self.syscall_json(s, &WRITES)),
+            "read_syscalls": self.syscalls.as_ref().map(|s| self.syscall_json(s, &READS)),
+            "epoll_waits": self.syscalls.as_ref().map(|s| self.syscall_json(s, &WAITS)),
+            "perf_error": self.perf_error,
             "server_cpu": cpu,
             "generator_cpu": gen_cpu,
             "machine_cpu": machine_cpu,
@@ -354,6 +388,7 @@ impl Outcome {
             published: u("published"),
             hist: v["hist_hex"].as_str().and_then(hist_from_hex),
             ack_hist: v["ack_hist_hex"].as_str().and_then(hist_from_hex),
+            lag_hist: v["lag_hist_hex"].as_str().and_then(hist_from_hex),
             missing: u("gaps"),
             out_of_order: u("out_of_order"),
             rooms: serde_json::from_value(v["rooms"].clone()).unwrap_or_default(),
@@ -428,6 +463,16 @@ impl Outcome {
                 ),
             );
         }
+        if let Some(p99) = pct(&self.lag_hist, 0.99) {
+            line(
+                "send lag",
+                format!(
+                    "p50 {} µs  p99 {p99} µs  max {} µs  (paced sends, against their schedule)",
+                    pct(&self.lag_hist, 0.5).unwrap_or(0),
+                    j["send_lag_us"]["max"]
+                ),
+            );
+        }
         if let Some(p50) = pct(&self.ack_hist, 0.5) {
             line(
                 "ack latency",
@@ -452,6 +497,24 @@ impl Outcome {
                     j["server_cpu"]["cores_busy"].as_f64().unwrap_or(0.0)
                 ),
             );
+        }
+        if self.syscalls.is_some() {
+            let per = |k: &str| j[k]["per_op"].as_f64().unwrap_or(0.0);
+            line(
+                "syscalls",
+                format!(
+                    "server per {one}: {:.4} writes (writev {} write {} sendto {} sendmsg {}), {:.4} reads, {:.4} epoll waits",
+                    per("write_syscalls"),
+                    j["write_syscalls"]["writev"],
+                    j["write_syscalls"]["write"],
+                    j["write_syscalls"]["sendto"],
+                    j["write_syscalls"]["sendmsg"],
+                    per("read_syscalls"),
+                    per("epoll_waits"),
+                ),
+            );
+        } else if let Some(e) = &self.perf_error {
+            line("syscalls", format!("not counted: {e}"));
         }
         if let (Some(g), Some(m)) = (
             &j["generator_cpu"].as_object(),

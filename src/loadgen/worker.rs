@@ -82,6 +82,9 @@ pub struct WorkerResult {
     pub hist: Option<Histogram<u64>>,
     /// Fan-out: publish→ack latency (µs), recorded inside the window.
     pub ack_hist: Option<Histogram<u64>>,
+    /// Rate mode: how late sends left against their schedule (µs),
+    /// inside the window.
+    pub lag_hist: Option<Histogram<u64>>,
     /// Fan-out: seq gaps seen (messages skipped).
     pub missing: u64,
     /// Fan-out: seq going backwards or repeating.
@@ -120,8 +123,9 @@ pub struct Plan {
     pub size: usize,
     /// Echo: messages in flight per connection; fan-out (flat out): publishes in flight per publisher.
     pub inflight: usize,
-    /// Fan-out: messages per second per publisher (0 = flat out).
-    pub rate_per_publisher: f64,
+    /// Rate mode: messages per second per sending connection — each
+    /// publisher (fan-out) or each echo connection (echo); 0 = flat out.
+    pub rate_per_sender: f64,
     /// Fan-out: every publish carries a unique idempotency key.
     pub keys: bool,
     /// Number of rooms (fan-out).
@@ -280,7 +284,7 @@ struct Conn {
     last_seq: u64,
     /// Echo / publisher: messages in flight.
     inflight: usize,
-    /// Publisher: messages sent so far (rate mode).
+    /// Publisher or echo connection: messages sent so far (rate mode).
     sent: u64,
     /// Connect scenario: close sent.
     closing: bool,
@@ -386,6 +390,9 @@ struct Worker {
     dirty: Vec<usize>,
     hist: Histogram<u64>,
     ack_hist: Histogram<u64>,
+    lag_hist: Histogram<u64>,
+    /// Rate mode: the connections that send on a schedule.
+    pacers: Vec<usize>,
     result: WorkerResult,
     f: Finders,
     cfg: WebSocketConfig,
@@ -412,6 +419,8 @@ impl Worker {
             dirty: Vec::new(),
             hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
             ack_hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+            lag_hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+            pacers: Vec::new(),
             result: WorkerResult::default(),
             f: Finders {
                 seq: Finder::new(b"\"seq\":").into_owned(),
@@ -544,13 +553,13 @@ impl Worker {
         self.started = Some(Instant::now());
         self.kick_off();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let timeout = if self.plan.rate_per_publisher > 0.0 {
+            let timeout = if self.plan.rate_per_sender > 0.0 {
                 Duration::from_millis(1)
             } else {
                 Duration::from_millis(20)
             };
             self.turn(&mut events, timeout);
-            if self.plan.rate_per_publisher > 0.0 && !self.shared.stop.load(Ordering::Relaxed) {
+            if self.plan.rate_per_sender > 0.0 && !self.shared.stop.load(Ordering::Relaxed) {
                 self.pace();
             }
         }
@@ -615,21 +624,32 @@ impl Worker {
             &mut self.ack_hist,
             Histogram::new(3).expect("histogram"),
         ));
+        self.result.lag_hist = Some(std::mem::replace(
+            &mut self.lag_hist,
+            Histogram::new(3).expect("histogram"),
+        ));
         let _ = self.id;
     }
 
-    /// First sends of the measured phase.
+    /// First sends of the measured phase (rate mode: who will send).
     fn kick_off(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        if self.plan.rate_per_sender > 0.0 {
+            self.pacers = keys
+                .iter()
+                .copied()
+                .filter(|&k| matches!(self.conns[k].role, Role2::Publisher { .. } | Role2::Echo))
+                .collect();
+        }
         match self.scenario {
-            Scenario::Echo => {
+            Scenario::Echo if self.plan.rate_per_sender == 0.0 => {
                 for k in keys {
                     for _ in 0..self.plan.inflight {
                         self.send_echo(k);
                     }
                 }
             }
-            Scenario::Fanout if self.plan.rate_per_publisher == 0.0 => {
+            Scenario::Fanout if self.plan.rate_per_sender == 0.0 => {
                 for k in keys {
                     if matches!(self.conns[k].role, Role2::Publisher { .. }) {
                         for _ in 0..self.plan.inflight {
@@ -648,23 +668,39 @@ impl Worker {
         self.flush();
     }
 
-    /// Rate mode: sends what each publisher owes by now.
+    /// Rate mode: sends what each publisher (fan-out) or connection (echo)
+    /// owes by now — open loop: a send waits for its time, never for an
+    /// answer. The message carries its actual send time, from which its
+    /// latency is measured; how late it left against its schedule goes to
+    /// `lag_hist` (the generator falling behind shows there).
     fn pace(&mut self) {
         let Some(started) = self.started else { return };
-        let ticks = started.elapsed().as_secs_f64() * self.plan.rate_per_publisher;
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.role, Role2::Publisher { .. }))
-            .map(|(k, _)| k)
-            .collect();
-        // Publishers are phase-shifted evenly over one period, so the total
-        // rate is smooth instead of a burst of every publisher at once.
-        let n = keys.len().max(1) as f64;
-        for (i, k) in keys.into_iter().enumerate() {
-            let due = (ticks + i as f64 / n) as u64;
-            while self.conns.get(k).is_some_and(|c| c.sent < due) {
-                self.publish(k);
+        let elapsed = started.elapsed().as_secs_f64();
+        let rate = self.plan.rate_per_sender;
+        let ticks = elapsed * rate;
+        let measuring = self.measuring();
+        // Senders are phase-shifted evenly over one period, so the total
+        // rate is smooth instead of a burst of every sender at once: sender
+        // i's j-th message (1-based) is due at (j - i/n) / rate.
+        let n = self.pacers.len().max(1) as f64;
+        for i in 0..self.pacers.len() {
+            let k = self.pacers[i];
+            let phase = i as f64 / n;
+            let due = (ticks + phase) as u64;
+            while let Some(c) = self.conns.get(k)
+                && c.sent < due
+            {
+                if measuring {
+                    let at = (c.sent + 1) as f64 - phase;
+                    let late = ((elapsed - at / rate) * 1e6).max(1.0) as u64;
+                    let _ = self.lag_hist.record(late.min(60_000_000));
+                }
+                if self.scenario == Scenario::Echo {
+                    self.conns[k].sent += 1;
+                    self.send_echo(k);
+                } else {
+                    self.publish(k);
+                }
             }
         }
         self.flush();
@@ -967,7 +1003,7 @@ impl Worker {
                 self.record(sent);
                 self.shared.ops.fetch_add(1, Ordering::Relaxed);
                 self.conns[key].inflight -= 1;
-                if !self.shared.stop.load(Ordering::Relaxed) {
+                if self.plan.rate_per_sender == 0.0 && !self.shared.stop.load(Ordering::Relaxed) {
                     self.send_echo(key);
                 }
             }
@@ -1041,7 +1077,7 @@ impl Worker {
                         self.shared.room_acked[room].fetch_max(seq, Ordering::SeqCst);
                         self.shared.unacked.fetch_sub(1, Ordering::SeqCst);
                         self.shared.published.fetch_add(1, Ordering::Relaxed);
-                        if self.plan.rate_per_publisher == 0.0
+                        if self.plan.rate_per_sender == 0.0
                             && !self.shared.stop.load(Ordering::Relaxed)
                         {
                             self.publish(key);
