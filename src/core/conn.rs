@@ -84,6 +84,10 @@ pub(super) struct WsConn {
     pub(super) urgent: bool,
     /// In the core's deferred flush list (room deliveries).
     pub(super) deferred: bool,
+    /// tungstenite may hold output of its own (a pong or close reply to
+    /// what it read, a ping or close we wrote through it): only then does a
+    /// flush go through its `flush` (which touches its cold state).
+    pub(super) ctl: bool,
     /// A join is out at another core; read nothing until it is answered.
     pub(super) blocked: bool,
     /// A close frame was sent or received: no more writes.

@@ -699,6 +699,7 @@ impl Core {
             last_rx_ms: self.now_ms,
             urgent: false,
             deferred: false,
+            ctl: false,
             blocked: false,
             closing: false,
             doomed: false,

@@ -78,6 +78,7 @@ impl Core {
                             // the data already queued, see `sockio::Io`);
                             // nothing more is queued, and the peer gets a
                             // deadline to go away.
+                            ws.ctl = true;
                             if !closing {
                                 ws.closing = true;
                                 let at = self.now_ms + CLOSE_TIMEOUT_MS;
@@ -88,12 +89,17 @@ impl Core {
                         _ if closing => {}
                         Message::Text(t) => self.on_text(key, generation, t),
                         Message::Binary(_) => self.on_binary(key, generation),
-                        Message::Ping(_) => self.mark_dirty(key),
+                        Message::Ping(_) => {
+                            ws.ctl = true; // tungstenite queued the pong
+                            self.mark_dirty(key);
+                        }
                         Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }
                 Err(e) if ws_would_block(&e) => {
-                    self.mark_dirty(key); // a queued pong or close reply may be waiting
+                    if ws.ctl {
+                        self.mark_dirty(key); // a queued pong or close reply is waiting
+                    }
                     return;
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
@@ -170,13 +176,20 @@ impl Core {
                 return self.remove_conn(key);
             }
         }
+        if !(ws.ctl || ws.closing || ws.failed) {
+            return; // tungstenite has nothing of its own to write
+        }
         let mut io = sockio::Io {
             tcp: &mut conn.stream,
             scratch: &mut self.scratch,
             pending: &mut ws.pending,
             out: &mut ws.out,
         };
-        match ws.ctx.flush(&mut io) {
+        let flushed = ws.ctx.flush(&mut io);
+        if flushed.is_ok() {
+            ws.ctl = false;
+        }
+        match flushed {
             Ok(()) if ws.failed => match conn.stream.flush_tls() {
                 // The close frame is out: end our side so the peer sees EOF.
                 Ok(true) => conn.stream.shutdown_write(),
@@ -375,6 +388,7 @@ impl Core {
         if ws.closing || ws.doomed || !ws.ctx.can_write() {
             return;
         }
+        ws.ctl = true;
         let mut io = sockio::Io {
             tcp: &mut conn.stream,
             scratch: &mut self.scratch,
@@ -673,6 +687,7 @@ impl Core {
             pending: &mut ws.pending,
             out: &mut ws.out,
         };
+        ws.ctl = true;
         match ws.ctx.close(&mut io, Some(frame)) {
             Ok(()) => {}
             Err(e) if ws_would_block(&e) => {}
