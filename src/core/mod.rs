@@ -36,8 +36,6 @@ pub mod sockio;
 pub mod sse;
 mod stream;
 mod timers;
-#[cfg(feature = "uring")]
-mod uring;
 mod web;
 mod ws;
 
@@ -342,13 +340,6 @@ pub struct Core {
     more_bus: bool,
     now_ms: u64,
     unix_s: u64,
-    /// This core's io_uring for flush passes (`None`: the kernel has none;
-    /// `writev` as without the feature).
-    #[cfg(feature = "uring")]
-    ring: Option<uring::Ring>,
-    /// Results of the ring's last batch.
-    #[cfg(feature = "uring")]
-    uring_done: Vec<uring::Done>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -423,15 +414,7 @@ impl Core {
             more_bus: false,
             now_ms: now,
             unix_s: unix_now(),
-            #[cfg(feature = "uring")]
-            ring: uring::Ring::new(),
-            #[cfg(feature = "uring")]
-            uring_done: Vec::with_capacity(uring::ENTRIES),
         };
-        #[cfg(feature = "uring")]
-        if core.ring.is_none() {
-            info!(core = core.id, "io_uring unavailable: flushing with writev");
-        }
         core.carry_home_out();
         core.timer(now + 1000, 0, 0, TimerKind::Tick);
         Ok(core)

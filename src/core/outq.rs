@@ -150,13 +150,6 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
-        self.drained();
-        Ok(true)
-    }
-
-    /// Everything was written: resets the tail and gives back a burst's
-    /// memory.
-    fn drained(&mut self) {
         if self.frames.capacity() > 1024 {
             self.frames = VecDeque::new(); // give back a burst's worth of slots
         }
@@ -165,49 +158,7 @@ impl OutQueue {
         if self.tail.capacity() > TAIL_KEEP {
             self.tail = Vec::new();
         }
-    }
-
-    /// Appends to `arena` the iovecs of what one `writev` would take (as
-    /// [`OutQueue::write_to`] builds them, up to [`IOV_MAX`]); returns how
-    /// many were appended and the bytes they cover. The iovecs point into
-    /// this queue's frames and tail: they stay valid until the queue is
-    /// next changed or dropped.
-    #[cfg(feature = "uring")]
-    pub fn fill_raw(&self, arena: &mut Vec<libc::iovec>) -> (usize, usize) {
-        let raw = |b: &[u8]| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        };
-        let start = arena.len();
-        let mut bytes = 0;
-        if self.frames.is_empty() {
-            let t = &self.tail[self.tail_offset..];
-            if !t.is_empty() {
-                arena.push(raw(t));
-                bytes += t.len();
-            }
-            return (arena.len() - start, bytes);
-        }
-        for (i, f) in self.frames.iter().take(IOV_MAX).enumerate() {
-            let b = if i == 0 { &f[self.offset..] } else { &f[..] };
-            arena.push(raw(b));
-            bytes += b.len();
-        }
-        if self.frames.len() < IOV_MAX && !self.tail.is_empty() {
-            arena.push(raw(&self.tail));
-            bytes += self.tail.len();
-        }
-        (arena.len() - start, bytes)
-    }
-
-    /// Accounts `n` bytes written from the front of the queue (a write
-    /// made outside [`OutQueue::write_to`]).
-    #[cfg(feature = "uring")]
-    pub fn written(&mut self, n: usize) {
-        self.consume(n);
-        if self.pending == 0 {
-            self.drained();
-        }
+        Ok(true)
     }
 
     /// Points `iov` at the unwritten frames (and the tail if it fits);

@@ -48,13 +48,6 @@ pub(super) fn write_syscalls() -> u64 {
     WRITES.with(Cell::get)
 }
 
-/// Counts a write syscall made elsewhere (an `io_uring_enter` that
-/// submits a flush pass's writes).
-#[cfg(feature = "uring")]
-pub(super) fn count_write_syscall() {
-    WRITES.with(|c| c.set(c.get() + 1));
-}
-
 /// The socket, counting each write syscall.
 struct Counted<'a>(&'a mut TcpStream);
 

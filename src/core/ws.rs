@@ -170,19 +170,6 @@ impl Core {
                 return self.remove_conn(key);
             }
         }
-        self.ws_flush_control(key);
-    }
-
-    /// The rest of [`Core::ws_flush`] once the data queue is empty:
-    /// tungstenite's own frames (pongs, pings, close), and after a close
-    /// the end of our side.
-    pub(super) fn ws_flush_control(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let State::Ws(ws) = &mut conn.state else {
-            return;
-        };
         let mut io = sockio::Io {
             tcp: &mut conn.stream,
             scratch: &mut self.scratch,
@@ -237,111 +224,17 @@ impl Core {
                 {
                     ws.deferred = false;
                     ws.urgent = false;
-                    self.flush_batched(key);
+                    self.ws_flush(key);
                 }
-                if i % FLUSH_POLL_EVERY == FLUSH_POLL_EVERY - 1 {
-                    self.submit_batch();
-                    if mid_polls < MAX_FLUSH_POLLS {
-                        mid_polls += 1;
-                        self.take_input_now();
-                    }
+                if i % FLUSH_POLL_EVERY == FLUSH_POLL_EVERY - 1 && mid_polls < MAX_FLUSH_POLLS {
+                    mid_polls += 1;
+                    self.take_input_now();
                 }
             }
-            self.submit_batch();
             self.settle();
             self.flush_urgent();
             self.had_input = false; // what follows came from our own flushes
         }
-    }
-
-    /// Flushes a connection in a pass that batches its writes: without the
-    /// ring (feature `uring` off, or no io_uring on this kernel) or for a
-    /// TLS connection, at once ([`Core::ws_flush`]); otherwise its write is
-    /// staged for [`Core::submit_batch`].
-    #[inline]
-    fn flush_batched(&mut self, key: usize) {
-        #[cfg(feature = "uring")]
-        if let Some(ring) = self.ring.as_mut()
-            && let Some(conn) = self.conns.get(key)
-            && !conn.stream.is_tls()
-            && let State::Ws(ws) = &conn.state
-            && !ws.out.is_empty()
-        {
-            use std::os::fd::AsRawFd;
-            if ring.len() == super::uring::ENTRIES {
-                self.submit_batch();
-                return self.flush_batched(key);
-            }
-            // SAFETY: nothing touches this connection's queue (or closes
-            // its socket) before `submit_batch`, which the pass calls before
-            // anything else runs on the connections: the connections flushed
-            // at once in between are others (their errors remove only
-            // themselves), and input is taken only after a submit.
-            unsafe { ring.stage(key, conn.generation, conn.stream.tcp.as_raw_fd(), &ws.out) };
-            return;
-        }
-        self.ws_flush(key);
-    }
-
-    /// Submits the staged writes (one `io_uring_enter`), waits for all of
-    /// them, and applies each result as [`Core::ws_flush`] would have.
-    fn submit_batch(&mut self) {
-        #[cfg(feature = "uring")]
-        {
-            let Some(ring) = self.ring.as_mut() else {
-                return;
-            };
-            if ring.len() == 0 {
-                return;
-            }
-            let mut done = std::mem::take(&mut self.uring_done);
-            ring.submit(&mut done);
-            for d in done.drain(..) {
-                self.apply_write(d);
-            }
-            self.uring_done = done;
-        }
-    }
-
-    #[cfg(feature = "uring")]
-    fn apply_write(&mut self, d: super::uring::Done) {
-        use super::uring;
-        let Some(conn) = self.conns.get_mut(d.key) else {
-            return;
-        };
-        if conn.generation != d.generation {
-            return;
-        }
-        let State::Ws(ws) = &mut conn.state else {
-            return;
-        };
-        if d.res < 0 {
-            if uring::is_full(d.res) {
-                return; // socket full: the writable event resumes
-            }
-            if d.res == -libc::EINTR {
-                return self.ws_flush(d.key);
-            }
-            debug!(core = self.id, error = %uring::error(d.res), "write failed");
-            return self.remove_conn(d.key);
-        }
-        let n = d.res as usize;
-        if n == 0 {
-            debug!(core = self.id, "write failed: wrote zero bytes");
-            return self.remove_conn(d.key);
-        }
-        ws.out.written(n);
-        self.metrics.bytes_out += n as u64;
-        if n < d.bytes {
-            // A short write: the socket is full (TCP marked it so), and the
-            // writable event resumes, as after WouldBlock.
-            return;
-        }
-        if !ws.out.is_empty() {
-            // More than one writev's worth was queued.
-            return self.ws_flush(d.key);
-        }
-        self.ws_flush_control(d.key);
     }
 
     /// Whether the held room deliveries are to be written now (starts their
