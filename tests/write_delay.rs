@@ -10,20 +10,24 @@ use common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// A server with the dial at `ms` and room for bursts of publishes.
+/// A server with the dial at `ms` and room for bursts of publishes, on one
+/// core: a publish is sequenced, delivered and acknowledged in the
+/// iteration that reads it, so what a member sends after the publisher got
+/// its ack is read after the delivery was queued (with two cores the
+/// delivery crosses the bus and may be handled after that member's next
+/// command, which would make the order checks below racy).
 fn server(ms: u64) -> TestServer {
     TestServer::start(|c| {
+        c.cores = 1;
         c.limits.max_write_delay_ms = ms;
         c.limits.rate_per_sec = 10_000.0;
         c.limits.rate_burst = 10_000.0;
     })
 }
 
-/// Sum over the cores of a per-core sample.
-fn per_core_sum(text: &str, name: &str) -> f64 {
-    (0..2)
-        .map(|c| metric(text, name, &format!("{{core=\"{c}\"}}")))
-        .sum()
+/// The sample of the server's one core.
+fn core0(text: &str, name: &str) -> f64 {
+    metric(text, name, "{core=\"0\"}")
 }
 
 /// Two members of `room`, each with its join acknowledged and the
@@ -82,28 +86,22 @@ fn with_the_dial_at_zero_deliveries_are_never_held_across_a_sleep() {
 
     let m = scrape(&s);
     assert_eq!(
-        per_core_sum(&m, "corecast_write_delay_waits_total"),
+        core0(&m, "corecast_write_delay_waits_total"),
         0.0,
         "a core slept while holding deliveries with the dial at 0"
     );
     // The headroom figures are there, per core, and moved.
-    let writes = per_core_sum(&m, "corecast_write_syscalls_total");
-    let frames = per_core_sum(&m, "corecast_frames_queued_total");
+    let writes = core0(&m, "corecast_write_syscalls_total");
+    let frames = core0(&m, "corecast_frames_queued_total");
     assert!(writes > 0.0, "{m}");
     // 50 deliveries to b, 20 to a (it is a member too), the acks and joins.
     assert!(frames >= 100.0, "{frames} frames queued");
-    assert!(per_core_sum(&m, "corecast_core_busy_seconds_total") > 0.0);
-    assert!(per_core_sum(&m, "corecast_flush_pass_seconds_count") > 0.0);
-    for c in 0..2 {
-        let busy = metric(&m, "corecast_core_busy_ratio", &format!("{{core=\"{c}\"}}"));
-        assert!((0.0..=1.0).contains(&busy), "busy ratio {busy}");
-        let fpw = metric(
-            &m,
-            "corecast_frames_per_write",
-            &format!("{{core=\"{c}\"}}"),
-        );
-        assert!(fpw >= 0.0, "frames per write {fpw}");
-    }
+    assert!(core0(&m, "corecast_core_busy_seconds_total") > 0.0);
+    assert!(core0(&m, "corecast_flush_pass_seconds_count") > 0.0);
+    let busy = core0(&m, "corecast_core_busy_ratio");
+    assert!((0.0..=1.0).contains(&busy), "busy ratio {busy}");
+    let fpw = core0(&m, "corecast_frames_per_write");
+    assert!(fpw >= 0.0, "frames per write {fpw}");
 }
 
 #[test]
@@ -161,5 +159,5 @@ fn with_a_write_delay_replies_go_out_at_once_and_deliveries_wait() {
     let want: Vec<u64> = (base + 1..base + 41).collect();
     assert_eq!(message_seqs(&mut b, 40), want);
     let m = scrape(&s);
-    assert!(per_core_sum(&m, "corecast_write_delay_waits_total") >= 1.0);
+    assert!(core0(&m, "corecast_write_delay_waits_total") >= 1.0);
 }
