@@ -756,11 +756,12 @@ if os.path.exists(cluster):
     # Written by scripts/bench_cluster.sh.
     new["cluster"] = open(cluster).read().strip("\n")
 
-# The TLS section (plain ws against wss, from scripts/bench_tls.sh) is
-# written by hand into the report: carried over from the previous one.
+# The TLS section (plain ws against wss, from scripts/bench_tls.sh), the
+# advice on the dial and the io_uring experiment's section are written by
+# hand into the report: carried over from the previous one.
 
 ORDER = (["header", "setup"] + [f"case:{c}" for c, _, _ in CASES] + [c for c, *_ in CURVES]
-         + ["dial", "modes", "targets", "notes", "cluster", "tls", "raw"])
+         + ["dial", "dial-advice", "modes", "targets", "notes", "cluster", "tls", "uring", "raw"])
 parts = []
 for name in ORDER:
     text = new.get(name) or old.get(name)
