@@ -96,6 +96,11 @@ pub struct Bridge {
     /// The probe on the pub/sub connection: (number, sent at ms).
     probe: Option<(u64, u64)>,
     probe_n: u64,
+    /// Redis confirmed this pub/sub connection's subscription to the
+    /// broadcast channel (and, sent before it, to the node's own channel):
+    /// until then `/health` says down, or a broadcast or direct message
+    /// sent at once would miss this node.
+    base_subscribed: bool,
     stopping: bool,
     values: Vec<Value>,
 }
@@ -137,6 +142,7 @@ pub fn spawn(
         publishes: Vec::new(),
         probe: None,
         probe_n: 0,
+        base_subscribed: false,
         stopping: false,
         values: Vec::new(),
         cfg,
@@ -266,7 +272,7 @@ impl Bridge {
     }
 
     fn update_health(&self) {
-        let down = !(self.cmd.ready() && self.sub.ready());
+        let down = !(self.cmd.ready() && self.sub.ready() && self.base_subscribed);
         self.shared.redis_down.store(down, Ordering::Relaxed);
     }
 
@@ -365,6 +371,7 @@ impl Bridge {
         match progress {
             Progress::Ready => {
                 info!(node = self.keys.node(), "redis pub/sub connection ready");
+                self.base_subscribed = false;
                 self.update_health();
                 self.subs
                     .push((true, self.keys.node_channel(self.keys.node())));
@@ -385,6 +392,7 @@ impl Bridge {
         } else {
             debug!("{why}");
         }
+        self.base_subscribed = false;
         self.update_health();
         self.probe = None;
         self.subs.clear();
@@ -416,6 +424,10 @@ impl Bridge {
                 }
             }
             b"subscribe" => {
+                if channel == self.keys.bcast().as_bytes() {
+                    self.base_subscribed = true;
+                    self.update_health();
+                }
                 if let Channel::Room(room) = self.keys.classify(&channel) {
                     let room = room.to_string();
                     let (mut io, rooms, _, _) = self.io(now);
