@@ -313,8 +313,8 @@ impl Core {
             in_per_s: self.rates.2,
             out_per_s: self.rates.3,
             last_loop_ms: self.now_ms,
-            busy_ratio: self.headroom.1,
-            frames_per_write: self.headroom.2,
+            busy_ratio: self.headroom.busy_ratio,
+            frames_per_write: self.headroom.frames_per_write,
             metrics: {
                 let mut m = self.metrics.clone();
                 m.write_syscalls = super::stream::write_syscalls();
@@ -341,7 +341,7 @@ impl Core {
             self.flush.frames,
             super::stream::write_syscalls(),
         );
-        let ((busy0, at0, frames0, writes0), _, _) = self.headroom;
+        let (busy0, at0, frames0, writes0) = self.headroom.mark;
         let wall = now.1.saturating_sub(at0).max(1);
         let busy = (now.0 - busy0) as f64 / wall as f64;
         let writes = now.3 - writes0;
@@ -350,7 +350,11 @@ impl Core {
         } else {
             (now.2 - frames0) as f64 / writes as f64
         };
-        self.headroom = (now, busy.min(1.0), per_write);
+        self.headroom = super::Headroom {
+            mark: now,
+            busy_ratio: busy.min(1.0),
+            frames_per_write: per_write,
+        };
         for a in self.aggs.expired(self.now_ms) {
             self.agg_finish(a, true);
         }

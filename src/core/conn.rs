@@ -15,7 +15,6 @@ use crate::proto::close;
 use crate::proto::session::Session;
 use bytes::Bytes;
 use std::net::IpAddr;
-use std::rc::Rc;
 use tungstenite::protocol::WebSocketContext;
 
 /// A connection before the WebSocket upgrade (or a plain HTTP exchange).
@@ -213,7 +212,7 @@ pub(super) fn queue_replay(
     let before = ws.out.pending();
     flush.frames += frames.len() as u64;
     for f in frames {
-        ws.out.push(Rc::new(f));
+        ws.out.push(Frame::new(f));
     }
     let added = ws.out.pending() - before;
     ws.replay_allowance = u32::try_from(left + added).unwrap_or(u32::MAX);

@@ -251,6 +251,16 @@ struct Timer {
     kind: TimerKind,
 }
 
+/// The counters at the last tick and the ratios over the second before it
+/// (`/metrics`: busy ratio, frames per write).
+#[derive(Debug, Default)]
+struct Headroom {
+    /// (busy µs, wall µs, frames queued, write syscalls) at the last tick.
+    mark: (u64, u64, u64, u64),
+    busy_ratio: f64,
+    frames_per_write: f64,
+}
+
 /// Everything a core thread needs to start.
 pub struct CoreInit {
     /// Core index.
@@ -322,9 +332,8 @@ pub struct Core {
     deferred_since: Option<Instant>,
     /// `limits.max_write_delay_ms`: how long deferred output may wait.
     write_delay: Duration,
-    /// (busy µs, wall µs, frames queued, write syscalls) at the last tick,
-    /// and the busy ratio and frames per write over that second.
-    headroom: ((u64, u64, u64, u64), f64, f64),
+    /// The headroom ratios of the last second.
+    headroom: Headroom,
     /// This iteration handled new input (socket reads, accepts, bus).
     had_input: bool,
     runnable: Vec<(usize, u32)>,
@@ -401,7 +410,7 @@ impl Core {
             mid_events: Events::with_capacity(256),
             deferred_since: None,
             write_delay: Duration::from_millis(init.shared.config.limits.max_write_delay_ms),
-            headroom: ((0, 0, 0, 0), 0.0, 0.0),
+            headroom: Headroom::default(),
             had_input: false,
             runnable: Vec::new(),
             to_close: Vec::new(),
