@@ -30,7 +30,7 @@ use corecast::auth::{Authenticator, TokenSpec, sign_token, unix_now};
 use corecast::config::Config;
 use corecast::proto::command::CommandParser;
 use corecast::proto::event;
-use corecast::proto::session::{Ctx, Output, Session, SessionConfig};
+use corecast::proto::session::{Ctx, Output, Session, SessionConfig, SessionId};
 use corecast::proto::{ErrorCode, valid_room};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
@@ -121,7 +121,7 @@ fuzz_target!(|input: &[u8]| {
             _ => Some(auth.verify(&driver_token()).expect("the driver's token")),
         },
     };
-    let mut s = Session::new("s_1".into(), identity, cfg, now_ms);
+    let mut s = Session::new(SessionId(1), identity, cfg, now_ms);
     let mut parser = CommandParser::new();
     let mut m = Model {
         rooms: BTreeMap::new(),

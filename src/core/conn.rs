@@ -8,6 +8,7 @@
 //! do I/O; the front door ([`super::front`]), the WebSocket I/O
 //! ([`super::ws`]) and SSE ([`super::sse`]) do.
 
+use super::idle::Live;
 use super::outq::{Frame, OutQueue};
 use super::stream::Stream;
 use super::{http, sse};
@@ -15,7 +16,6 @@ use crate::proto::close;
 use crate::proto::session::Session;
 use bytes::Bytes;
 use std::net::IpAddr;
-use tungstenite::protocol::WebSocketContext;
 
 /// A connection before the WebSocket upgrade (or a plain HTTP exchange).
 #[derive(Debug, Default)]
@@ -69,7 +69,9 @@ pub(super) struct Upgrade {
 
 /// A WebSocket connection.
 pub(super) struct WsConn {
-    pub(super) ctx: WebSocketContext,
+    /// tungstenite's context; `None` while the connection is idle (see
+    /// [`super::idle`]).
+    pub(super) ctx: Option<Box<Live>>,
     /// Protocol state (`None` on `/echo`).
     pub(super) session: Option<Session>,
     /// Counted at its user's home core (as the session's identity), and
@@ -96,14 +98,16 @@ pub(super) struct WsConn {
     /// Reading failed (protocol error, oversized frame): tungstenite must
     /// not read again; incoming bytes are discarded until EOF.
     pub(super) failed: bool,
+    /// In the core's list of connections that may go idle.
+    pub(super) idle_listed: bool,
+    /// A read ended in `WouldBlock` at least once (see [`super::idle`]).
+    pub(super) has_read: bool,
     /// The token `exp` for which an expiry timer is pending.
-    pub(super) expiry_armed: Option<u64>,
+    /// (`NonZero`: 8 bytes; an `exp` of 0 is kept as 1.)
+    pub(super) expiry_armed: Option<std::num::NonZeroU64>,
     /// Bytes of a recovery replay still queued, which the backlog bound
     /// does not count (see [`queue_replay`]); shrinks as the queue drains.
     pub(super) replay_allowance: u32,
-    /// Input read from the socket but not yet consumed by tungstenite (only
-    /// when reading stopped mid-burst: a pending join or the read budget).
-    pub(super) pending: Vec<u8>,
     /// Data frames waiting to be written (tungstenite's own buffer holds
     /// only the control frames it writes, and those go out after these; see
     /// [`sockio::Io`]).
@@ -243,5 +247,25 @@ impl FlushLists {
             ws.deferred = true;
             self.deferred.push(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// The per-connection budget (docs/ARCHITECTURE.md, "Memory per
+    /// connection"): these sizes are part of it, so growing one is a
+    /// decision, not an accident.
+    #[test]
+    fn connection_structs_stay_within_the_budget() {
+        // A debug build's mio socket carries an 8-byte selector id.
+        let mio_extra = if cfg!(debug_assertions) { 8 } else { 0 };
+        assert!(size_of::<Conn>() <= 56 + mio_extra, "{}", size_of::<Conn>());
+        assert!(size_of::<WsConn>() <= 232, "{}", size_of::<WsConn>());
+        assert!(size_of::<Option<Session>>() <= 144);
+        assert!(size_of::<OutQueue>() <= 48);
+        assert!(size_of::<(u32, super::super::Timer)>() <= 16);
     }
 }

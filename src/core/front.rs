@@ -10,6 +10,7 @@
 
 use super::conn::{Conn, HttpConn, State, Then, Upgrade, WsConn};
 use super::http::{self, Route, check_upgrade, error_response, json_response, switching_protocols};
+use super::idle::Live;
 use super::outq::OutQueue;
 use super::stream::{self, Stream};
 use super::{ACCEPT_RETRY_MS, Core, TimerKind, would_block};
@@ -18,13 +19,12 @@ use crate::auth::Identity;
 use crate::engine::ConnRef;
 use crate::proto::event::Event;
 use crate::proto::ratelimit::Verdict;
-use crate::proto::session::Session;
+use crate::proto::session::{Session, SessionId};
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use tracing::{debug, info, warn};
-use tungstenite::protocol::{Role, WebSocketContext};
 
 impl Core {
     pub(super) fn accept(&mut self) {
@@ -563,14 +563,14 @@ impl Core {
     }
 
     pub(super) fn new_session(&mut self, identity: Option<Identity>) -> Session {
-        let sid = format!("s_{:016x}", self.rng.u64(..));
+        let id = SessionId(self.rng.u64(..));
         let identity = identity.or_else(|| {
             self.shared
                 .config
                 .anonymous_allowed()
-                .then(|| self.shared.auth.anonymous(&sid))
+                .then(|| self.shared.auth.anonymous(&id.to_string()))
         });
-        Session::new(sid.into(), identity, &self.shared.session, self.now_ms)
+        Session::new(id, identity, &self.shared.session, self.now_ms)
     }
 
     pub(super) fn health_response(&self) -> Vec<u8> {
@@ -679,11 +679,9 @@ impl Core {
         } else {
             self.shared.ws_config
         };
-        let ctx = if up.leftover.is_empty() {
-            WebSocketContext::new(Role::Server, Some(cfg))
-        } else {
-            WebSocketContext::from_partially_read(up.leftover, Role::Server, Some(cfg))
-        };
+        // The first read's context is a one-off, as for a connection that had
+        // been quiet (see `idle`); without input there is none yet.
+        let ctx = (!up.leftover.is_empty()).then(|| Live::new(cfg, up.leftover, true));
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -704,9 +702,10 @@ impl Core {
             closing: false,
             doomed: false,
             failed: false,
+            idle_listed: false,
+            has_read: false,
             expiry_armed: None,
             replay_allowance: 0,
-            pending: Vec::new(),
             out: OutQueue::default(),
             counted: false,
             counted_anon: false,

@@ -27,6 +27,7 @@ pub mod cors;
 mod deliver;
 mod front;
 pub mod http;
+mod idle;
 pub mod listener;
 pub mod local_rooms;
 pub mod outq;
@@ -337,6 +338,8 @@ pub struct Core {
     /// This iteration handled new input (socket reads, accepts, bus).
     had_input: bool,
     runnable: Vec<(usize, u32)>,
+    /// What idle connections give back (see [`idle`]).
+    idle: idle::Idle,
     to_close: Vec<(usize, u32, Closing)>,
     /// Bus messages for this core itself, handled in [`Core::settle`] (never
     /// recursively, so no path re-enters the message handlers).
@@ -413,6 +416,7 @@ impl Core {
             headroom: Headroom::default(),
             had_input: false,
             runnable: Vec::new(),
+            idle: idle::Idle::default(),
             to_close: Vec::new(),
             local: std::collections::VecDeque::new(),
             read_buf: vec![0; http::MAX_HEAD].into_boxed_slice(),

@@ -22,7 +22,6 @@
 //! bytes.
 
 use bytes::Bytes;
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
 
@@ -47,17 +46,34 @@ pub use crate::frame::{BINARY, TEXT, header_len, push_header, text_frame};
 /// Queued output of one connection: shared frames, then a private tail
 /// buffer that small frames built for this connection alone (replies,
 /// echoes) are appended to, so they cost no allocation once it is warm.
+///
+/// 48 bytes, and nothing on the heap while idle (docs/ARCHITECTURE.md,
+/// *Memory per connection*): the frame list a delivery touches is inline
+/// (a boxed queue cost fan-out a cache line per delivery, measured there),
+/// the tail is boxed and there only while in use, and a partly written
+/// front frame is re-sliced rather than tracked by an offset. A queue used
+/// flush after flush (a room member, request/response traffic) keeps its
+/// buffers between flushes; a one-off's go back when it is written, and
+/// [`OutQueue::release`] gives back a warm queue whose burst ended.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Frame>,
-    /// Bytes of the front frame already written.
-    offset: usize,
-    /// Private bytes after all of `frames`.
-    tail: Vec<u8>,
-    /// Bytes of `tail` already written (only while `frames` is empty).
-    tail_offset: usize,
+    /// Unwritten frames, front first (only the front may be started).
+    frames: Vec<Frame>,
     /// Bytes queued and not yet written.
     pending: usize,
+    /// Private bytes after all of `frames`.
+    tail: Option<Box<Tail>>,
+    /// The front frame is partly written (`frames[0]` is what is left).
+    started: bool,
+    /// Something was queued for the previous complete flush too.
+    warm: bool,
+}
+
+#[derive(Debug, Default)]
+struct Tail {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written (only while `frames` is empty).
+    offset: usize,
 }
 
 impl OutQueue {
@@ -65,30 +81,40 @@ impl OutQueue {
     pub fn push(&mut self, frame: Frame) {
         self.seal_tail();
         self.pending += frame.len();
-        self.frames.push_back(frame);
+        self.frames.push(frame);
     }
 
     /// Queues a framed message for this connection alone: a small one is
     /// copied into the tail, a large one queued as it is.
     pub fn push_own(&mut self, bytes: Bytes) {
         if bytes.len() <= COPY_OWN {
-            self.tail.extend_from_slice(&bytes);
+            self.tail_buf().extend_from_slice(&bytes);
             self.pending += bytes.len();
         } else {
             self.push(Rc::new(bytes));
         }
     }
 
+    fn tail_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.tail.get_or_insert_with(Box::default).buf
+    }
+
     /// Moves unwritten tail bytes into the frame list, so that what is
     /// pushed next follows them.
     fn seal_tail(&mut self) {
-        if self.tail.len() > self.tail_offset {
-            let mut sealed = Bytes::from(std::mem::take(&mut self.tail));
-            let _ = sealed.split_to(self.tail_offset);
-            self.frames.push_back(Rc::new(sealed));
+        let Some(tail) = self.tail.as_mut() else {
+            return;
+        };
+        if tail.buf.len() > tail.offset {
+            let mut sealed = Bytes::from(std::mem::take(&mut tail.buf));
+            let _ = sealed.split_to(tail.offset);
+            // A started tail is written only while `frames` is empty, so
+            // it becomes a started front frame.
+            self.started |= tail.offset > 0;
+            self.frames.push(Rc::new(sealed));
         }
-        self.tail.clear();
-        self.tail_offset = 0;
+        tail.buf.clear();
+        tail.offset = 0;
     }
 
     /// Frames `payload` with `opcode` and queues it: small payloads are
@@ -103,10 +129,12 @@ impl OutQueue {
                 self.push(Rc::new(big));
             }
             _ => {
-                let before = self.tail.len();
-                push_header(&mut self.tail, opcode, payload.len());
-                self.tail.extend_from_slice(payload);
-                self.pending += self.tail.len() - before;
+                let tail = self.tail_buf();
+                let before = tail.len();
+                push_header(tail, opcode, payload.len());
+                tail.extend_from_slice(payload);
+                let added = tail.len() - before;
+                self.pending += added;
             }
         }
     }
@@ -126,24 +154,36 @@ impl OutQueue {
         self.pending == 0
     }
 
+    /// Gives back the buffers kept for reuse between flushes; only while
+    /// nothing is queued.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.frames = Vec::new();
+            self.tail = None;
+            self.warm = false;
+        }
+    }
+
     /// Drops what has not started going out (a slow consumer about to be
     /// closed); a partly written frame is finished first, so the stream
     /// stays well framed.
     pub fn drop_unstarted(&mut self) {
         if self.frames.is_empty() {
-            if self.tail_offset == 0 {
+            if let Some(tail) = self.tail.as_mut()
+                && tail.offset == 0
+            {
                 self.pending = 0;
-                self.tail.clear();
+                tail.buf.clear();
             }
             // A started tail may hold several frames; it is kept whole.
             return;
         }
-        self.pending -= self.tail.len() - self.tail_offset;
-        self.tail.clear();
-        self.tail_offset = 0;
-        let keep = usize::from(self.offset > 0);
-        while self.frames.len() > keep {
-            let f = self.frames.pop_back().expect("non-empty");
+        if let Some(tail) = self.tail.as_mut() {
+            self.pending -= tail.buf.len(); // not started: frames are queued
+            tail.buf.clear();
+        }
+        let keep = usize::from(self.started);
+        for f in self.frames.drain(keep..) {
             self.pending -= f.len();
         }
     }
@@ -151,74 +191,119 @@ impl OutQueue {
     /// Writes as much as the socket takes. `Ok(true)` = all written,
     /// `Ok(false)` = the socket is full (WouldBlock; wait for writable).
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<bool> {
+        let used = self.pending > 0;
+        // Frames before `head` are written; `offset` bytes of the next.
+        let (mut head, mut offset) = (0, 0);
         while self.pending > 0 {
-            let result = if self.frames.is_empty() {
-                w.write(&self.tail[self.tail_offset..])
-            } else if self.frames.len() == 1 && self.tail.is_empty() {
-                w.write(&self.frames[0][self.offset..])
-            } else if self.frames.len() < IOV_STACK {
+            let frames = &self.frames[head..];
+            let tail = match self.tail.as_deref() {
+                Some(t) => &t.buf[t.offset..],
+                None => &[],
+            };
+            let result = if frames.is_empty() {
+                w.write(tail)
+            } else if frames.len() == 1 && tail.is_empty() {
+                w.write(&frames[0][offset..])
+            } else if frames.len() < IOV_STACK {
                 let mut iov = [IoSlice::new(&[]); IOV_STACK];
-                let n = self.fill_iov(&mut iov);
+                let n = fill_iov(frames, offset, tail, &mut iov);
                 w.write_vectored(&iov[..n])
             } else {
                 // A big batch (a busy core corked many messages): one call
                 // for up to IOV_MAX frames rather than several.
-                let mut iov = vec![IoSlice::new(&[]); (self.frames.len() + 1).min(IOV_MAX)];
-                let n = self.fill_iov(&mut iov);
+                let mut iov = vec![IoSlice::new(&[]); (frames.len() + 1).min(IOV_MAX)];
+                let n = fill_iov(frames, offset, tail, &mut iov);
                 w.write_vectored(&iov[..n])
             };
             match result {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(k) => self.consume(k),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Ok(0) => {
+                    self.keep_unwritten(head, offset);
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(k) => {
+                    self.pending -= k;
+                    let mut n = k;
+                    while n > 0 {
+                        let Some(front) = self.frames.get(head) else {
+                            let tail = self.tail.as_mut().expect("pending bytes are tail");
+                            tail.offset += n; // the rest was tail
+                            break;
+                        };
+                        let left = front.len() - offset;
+                        if n >= left {
+                            head += 1;
+                            offset = 0;
+                            n -= left;
+                        } else {
+                            offset += n;
+                            n = 0;
+                        }
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.keep_unwritten(head, offset);
+                    return if e.kind() == io::ErrorKind::WouldBlock {
+                        Ok(false)
+                    } else {
+                        Err(e)
+                    };
+                }
             }
         }
-        if self.frames.capacity() > 1024 {
-            self.frames = VecDeque::new(); // give back a burst's worth of slots
+        // All written. A queue used now and at the previous complete
+        // flush keeps its buffers (up to a size); a one-off's go back.
+        let keep = used && self.warm;
+        self.warm = used;
+        self.started = false;
+        if keep && self.frames.capacity() <= 1024 {
+            self.frames.clear();
+        } else {
+            self.frames = Vec::new();
         }
-        self.tail.clear();
-        self.tail_offset = 0;
-        if self.tail.capacity() > TAIL_KEEP {
-            self.tail = Vec::new();
+        match self.tail.as_mut() {
+            Some(t) if keep && t.buf.capacity() <= TAIL_KEEP => {
+                t.buf.clear();
+                t.offset = 0;
+            }
+            _ => self.tail = None,
         }
         Ok(true)
     }
 
-    /// Points `iov` at the unwritten frames (and the tail if it fits);
-    /// returns how many slices were set.
-    fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for (i, f) in self.frames.iter().take(iov.len()).enumerate() {
-            iov[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
-            n += 1;
+    /// After a write that stopped short: forgets the frames before `head`
+    /// and re-slices the front to what is left of it.
+    fn keep_unwritten(&mut self, head: usize, offset: usize) {
+        self.frames.drain(..head);
+        if head > 0 {
+            self.started = false; // the front is a frame not yet started
         }
-        if n < iov.len() && !self.tail.is_empty() {
-            iov[n] = IoSlice::new(&self.tail);
-            n += 1;
+        if offset > 0 {
+            let rest = self.frames[0].slice(offset..);
+            self.frames[0] = Rc::new(rest);
+            self.started = true;
         }
-        n
     }
+}
 
-    fn consume(&mut self, mut n: usize) {
-        self.pending -= n;
-        while n > 0 {
-            let Some(front) = self.frames.front() else {
-                self.tail_offset += n; // the rest was tail
-                return;
-            };
-            let left = front.len() - self.offset;
-            if n >= left {
-                self.frames.pop_front();
-                self.offset = 0;
-                n -= left;
-            } else {
-                self.offset += n;
-                n = 0;
-            }
-        }
+/// Points `iov` at `frames` (the first from `offset`), then `tail` if it
+/// fits; returns how many slices were set.
+fn fill_iov<'a>(
+    frames: &'a [Frame],
+    offset: usize,
+    tail: &'a [u8],
+    iov: &mut [IoSlice<'a>],
+) -> usize {
+    let mut n = 0;
+    for (i, f) in frames.iter().take(iov.len()).enumerate() {
+        iov[i] = IoSlice::new(if i == 0 { &f[offset..] } else { f });
+        n += 1;
     }
+    if n < iov.len() && !tail.is_empty() {
+        iov[n] = IoSlice::new(tail);
+        n += 1;
+    }
+    n
 }
 
 #[cfg(test)]
@@ -347,6 +432,74 @@ mod tests {
         };
         assert!(q.write_to(&mut w).unwrap());
         assert_eq!(w.got, expect);
+    }
+
+    #[test]
+    fn a_one_off_reply_gives_its_buffers_back() {
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: usize::MAX,
+            calls: usize::MAX,
+        };
+        let mut q = OutQueue::default();
+        q.push_text(b"pong");
+        assert!(q.write_to(&mut w).unwrap());
+        assert!(q.tail.is_none(), "one reply: nothing kept");
+        q.push_text(b"pong");
+        assert!(q.write_to(&mut w).unwrap());
+        assert!(
+            q.tail.is_some(),
+            "output flush after flush keeps the buffer"
+        );
+        assert!(q.write_to(&mut w).unwrap());
+        assert!(q.tail.is_none(), "a flush without output gives it back");
+        q.push(Rc::new(text_frame(b"shared")));
+        q.release();
+        assert!(!q.is_empty(), "release keeps what is queued");
+        assert!(q.write_to(&mut w).unwrap());
+        assert_eq!(q.frames.capacity(), 0, "a one-off delivery keeps no list");
+        q.push(Rc::new(text_frame(b"shared")));
+        assert!(q.write_to(&mut w).unwrap());
+        assert!(
+            q.frames.capacity() > 0,
+            "deliveries flush after flush keep it"
+        );
+        q.release();
+        assert_eq!(q.frames.capacity(), 0);
+        assert_eq!(w.got.len(), 2 * 6 + 2 * 8);
+    }
+
+    #[test]
+    fn a_started_frame_survives_a_drop_after_any_stop() {
+        // Stops at every byte position of three frames, then drops the
+        // rest: what was written plus what is finished is whole frames.
+        let frames: Vec<Bytes> = (0..3)
+            .map(|i| text_frame(format!("frame {i}").as_bytes()))
+            .collect();
+        let total: usize = frames.iter().map(|f| f.len()).sum();
+        for stop in 0..=total {
+            let mut q = OutQueue::default();
+            q.push_text(b"own");
+            for f in &frames {
+                q.push(Rc::new(f.clone()));
+            }
+            let mut w = Trickle {
+                got: Vec::new(),
+                cap: stop,
+                calls: 1,
+            };
+            let _ = q.write_to(&mut w);
+            q.drop_unstarted();
+            w.cap = usize::MAX;
+            w.calls = usize::MAX;
+            assert!(q.write_to(&mut w).unwrap());
+            let mut rest = &w.got[..];
+            while !rest.is_empty() {
+                let len = 2 + usize::from(rest[1] & 0x7f);
+                assert!(rest.len() >= len, "stop {stop}: a frame cut short");
+                rest = &rest[len..];
+            }
+        }
     }
 
     #[test]

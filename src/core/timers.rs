@@ -34,6 +34,7 @@ impl Core {
             }
             TimerKind::Tick => {
                 self.tick();
+                self.sweep_idle();
                 return self.timer(self.now_ms + 1000, 0, 0, TimerKind::Tick);
             }
             TimerKind::Home(kind) => {

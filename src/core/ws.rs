@@ -10,7 +10,7 @@
 
 use super::conn::{Closing, Conn, Push, State, WsConn, queue_ws};
 use super::{CLOSE_TIMEOUT_MS, Core, DEFER_US, FLUSH_POLL_EVERY, MAX_FLUSH_POLLS, READ_BUDGET};
-use super::{RECONNECT_JITTER_MS, TimerKind, outq, sockio, would_block, ws_would_block};
+use super::{RECONNECT_JITTER_MS, TimerKind, idle, outq, would_block, ws_would_block};
 use crate::engine::{Answer, Command, ConnRef, ReplyTo};
 use crate::proto::close;
 use crate::proto::event::Event;
@@ -38,7 +38,7 @@ impl Core {
             Some(Conn {
                 state: State::Ws(ws),
                 ..
-            }) => Some(&mut ws.pending),
+            }) => ws.ctx.as_mut().map(|live| &mut live.pending),
             _ => None,
         };
         self.scratch.stash(pending);
@@ -59,13 +59,9 @@ impl Core {
             if ws.failed {
                 return self.discard_input(key);
             }
-            let mut io = sockio::Io {
-                tcp: &mut conn.stream,
-                scratch: &mut self.scratch,
-                pending: &mut ws.pending,
-                out: &mut ws.out,
-            };
-            match ws.ctx.read(&mut io) {
+            let one_off = idle::quiet(ws, self.now_ms);
+            let live = idle::live(&mut ws.ctx, ws.session.is_none(), one_off, &self.shared);
+            match live.read(&mut conn.stream, &mut self.scratch, &mut ws.out) {
                 Ok(msg) => {
                     ws.last_rx_ms = self.now_ms;
                     let closing = ws.closing;
@@ -100,7 +96,7 @@ impl Core {
                     if ws.ctl {
                         self.mark_dirty(key); // a queued pong or close reply is waiting
                     }
-                    return;
+                    return self.read_done(key, generation);
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return self.remove_when_flushed(key);
@@ -179,13 +175,12 @@ impl Core {
         if !(ws.ctl || ws.closing || ws.failed) {
             return; // tungstenite has nothing of its own to write
         }
-        let mut io = sockio::Io {
-            tcp: &mut conn.stream,
-            scratch: &mut self.scratch,
-            pending: &mut ws.pending,
-            out: &mut ws.out,
-        };
-        let flushed = ws.ctx.flush(&mut io);
+        let flushed = idle::flush(
+            &mut ws.ctx,
+            &mut conn.stream,
+            &mut self.scratch,
+            &mut ws.out,
+        );
         if flushed.is_ok() {
             ws.ctl = false;
         }
@@ -385,17 +380,16 @@ impl Core {
         let State::Ws(ws) = &mut conn.state else {
             return;
         };
-        if ws.closing || ws.doomed || !ws.ctx.can_write() {
+        if ws.closing || ws.doomed {
+            return;
+        }
+        let one_off = idle::quiet(ws, self.now_ms);
+        let live = idle::live(&mut ws.ctx, ws.session.is_none(), one_off, &self.shared);
+        if !live.ctx.can_write() {
             return;
         }
         ws.ctl = true;
-        let mut io = sockio::Io {
-            tcp: &mut conn.stream,
-            scratch: &mut self.scratch,
-            pending: &mut ws.pending,
-            out: &mut ws.out,
-        };
-        match ws.ctx.write(&mut io, msg) {
+        match live.write(&mut conn.stream, &mut self.scratch, &mut ws.out, msg) {
             Ok(()) => {}
             Err(e) if ws_would_block(&e) => {}
             Err(_) => {
@@ -614,10 +608,10 @@ impl Core {
         let Some(exp) = exp else {
             return;
         };
-        if ws.expiry_armed.is_some_and(|armed| armed <= exp) {
+        if ws.expiry_armed.is_some_and(|armed| armed.get() <= exp) {
             return; // the pending timer fires first and re-arms for the new exp
         }
-        ws.expiry_armed = Some(exp);
+        ws.expiry_armed = std::num::NonZeroU64::new(exp.max(1));
         let delay_ms = exp.saturating_sub(self.unix_s).saturating_mul(1000);
         let at = self.now_ms.saturating_add(delay_ms);
         self.timer(at, key, generation, TimerKind::Expiry);
@@ -681,14 +675,9 @@ impl Core {
             reason: reason.into(),
         };
         // Through `Io`: the close frame follows whatever data is still queued.
-        let mut io = sockio::Io {
-            tcp: &mut conn.stream,
-            scratch: &mut self.scratch,
-            pending: &mut ws.pending,
-            out: &mut ws.out,
-        };
+        let live = idle::live(&mut ws.ctx, ws.session.is_none(), false, &self.shared);
         ws.ctl = true;
-        match ws.ctx.close(&mut io, Some(frame)) {
+        match live.close(&mut conn.stream, &mut self.scratch, &mut ws.out, frame) {
             Ok(()) => {}
             Err(e) if ws_would_block(&e) => {}
             Err(_) => return self.remove_conn(key),

@@ -188,11 +188,22 @@ pub enum Output {
     },
 }
 
+/// A session id: 64 random bits, written `s_` and 16 hex digits. Kept
+/// as the number (8 bytes, no allocation) and formatted where shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s_{:016x}", self.0)
+    }
+}
+
 /// Protocol state of one WebSocket connection on `/ws`.
 #[derive(Debug)]
 pub struct Session {
-    /// Session id (`s_...`), unique per server run.
-    pub id: Box<str>,
+    /// Session id, unique per server run.
+    pub id: SessionId,
     /// Who the client is; `None` until in-band auth succeeds.
     pub identity: Option<Identity>,
     /// Rooms joined (acknowledged by their home cores).
@@ -209,7 +220,12 @@ pub struct Session {
 
 impl Session {
     /// A new session; `identity` is `None` when in-band auth is awaited.
-    pub fn new(id: Box<str>, identity: Option<Identity>, cfg: &SessionConfig, now_ms: u64) -> Self {
+    pub fn new(
+        id: SessionId,
+        identity: Option<Identity>,
+        cfg: &SessionConfig,
+        now_ms: u64,
+    ) -> Self {
         Session {
             id,
             identity,
@@ -228,7 +244,7 @@ impl Session {
         let ident = self.identity.as_ref().expect("welcome needs an identity");
         Event::with_capacity("welcome", 256)
             .id(id)
-            .str("session", &self.id)
+            .str("session", &self.id.to_string())
             .str("user", &ident.user)
             .maybe_str("name", ident.name.as_deref())
             .num("heartbeat", ctx.cfg.heartbeat)
@@ -666,7 +682,7 @@ mod tests {
         }
         fn anon(&self) -> Session {
             Session::new(
-                "s_1".into(),
+                SessionId(1),
                 Some(self.auth.anonymous("s_1")),
                 &self.cfg,
                 self.now_ms,
@@ -818,7 +834,7 @@ mod tests {
             publish: Some(vec!["alerts".into()]),
             ..Default::default()
         });
-        let mut s = Session::new("s_2".into(), Some(h.auth.verify(&t).unwrap()), &h.cfg, 0);
+        let mut s = Session::new(SessionId(2), Some(h.auth.verify(&t).unwrap()), &h.cfg, 0);
         assert_eq!(
             error_code(&h.send(&mut s, r#"{"type":"join","room":"lobby"}"#)),
             "forbidden"
@@ -839,7 +855,7 @@ mod tests {
     #[test]
     fn in_band_auth_success_and_failure() {
         let mut h = H::new(10);
-        let mut s = Session::new("s_3".into(), None, &h.cfg, 0);
+        let mut s = Session::new(SessionId(3), None, &h.cfg, 0);
         let t = token(TokenSpec {
             sub: "u9".into(),
             ttl: Some(60),
@@ -855,7 +871,7 @@ mod tests {
         assert_eq!(f[0]["user"], "u9");
         assert!(matches!(out[1], Output::Authenticated));
 
-        let mut s = Session::new("s_4".into(), None, &h.cfg, 0);
+        let mut s = Session::new(SessionId(4), None, &h.cfg, 0);
         let out = h.send(&mut s, r#"{"type":"auth","token":"nope"}"#);
         assert_eq!(error_code(&out), "unauthorized");
         assert!(matches!(out[1], Output::Close { code: 4001, .. }));
@@ -864,12 +880,12 @@ mod tests {
             "closing: input ignored"
         );
 
-        let mut s = Session::new("s_5".into(), None, &h.cfg, 0);
+        let mut s = Session::new(SessionId(5), None, &h.cfg, 0);
         let out = h.send(&mut s, r#"{"type":"ping"}"#);
         assert_eq!(error_code(&out), "unauthorized");
         assert!(matches!(out[1], Output::Close { code: 4001, .. }));
 
-        let mut s = Session::new("s_6".into(), None, &h.cfg, 0);
+        let mut s = Session::new(SessionId(6), None, &h.cfg, 0);
         let mut out = Vec::new();
         s.on_auth_timeout(&mut out);
         assert!(matches!(out[0], Output::Close { code: 4001, .. }));
@@ -883,7 +899,7 @@ mod tests {
             exp: Some(unix_now() + 1),
             ..Default::default()
         });
-        let mut s = Session::new("s_7".into(), Some(h.auth.verify(&old).unwrap()), &h.cfg, 0);
+        let mut s = Session::new(SessionId(7), Some(h.auth.verify(&old).unwrap()), &h.cfg, 0);
         // not yet expired: nothing
         let mut out = Vec::new();
         assert_eq!(s.on_token_expiry(&h.ctx(), &mut out), None);
@@ -962,7 +978,7 @@ mod tests {
     fn malformed_frames_then_policy_close() {
         let mut h = H::new(10);
         h.cfg.rate.burst = 1000.0;
-        let mut s = Session::new("s".into(), Some(h.auth.anonymous("s")), &h.cfg, 0);
+        let mut s = Session::new(SessionId(0), Some(h.auth.anonymous("s")), &h.cfg, 0);
         for i in 0..MAX_BAD_FRAMES {
             let out = h.send(&mut s, "{oops");
             assert_eq!(error_code(&out), "bad_json");
