@@ -110,6 +110,9 @@ impl Core {
                     );
                     return self.remove_conn(key);
                 }
+                // A queue kept warm by a burst that ended goes back now
+                // (a connection that is still busy makes a new one).
+                ws.out.release();
                 self.write_control(key, Message::Ping(Default::default()));
                 self.timer(self.now_ms + hb, key, t.generation, TimerKind::Heartbeat);
             }

@@ -235,7 +235,11 @@ impl UserTable {
         let f = self.users.get_mut(user)?.full();
         match f.room_mut(room) {
             Some(n) => *n += 1,
-            None => f.rooms.push((room.clone(), 1)),
+            None => {
+                // Room for one first (32 B instead of 112 for four).
+                f.rooms.reserve_exact(usize::from(f.rooms.is_empty()));
+                f.rooms.push((room.clone(), 1));
+            }
         }
         Some(f.status)
     }
