@@ -18,7 +18,8 @@
 //! (accepting and the HTTP exchange up to the upgrade), `ws` (WebSocket
 //! frames in and out, closing), `deliver` (carrying out the engine's
 //! events for local connections), `agg` (counts gathered across cores and
-//! stats), `timers`, `api` (the HTTP API), `sse` (Server-Sent Events).
+//! stats), `timers`, `api` (the HTTP API), `sse` (Server-Sent Events),
+//! `idle` (what an idle WebSocket gives back: its tungstenite context).
 
 mod agg;
 mod api;
