@@ -705,18 +705,34 @@ impl Config {
         if !c.enabled() {
             return Ok(());
         }
-        if c.mode != ClusterMode::Standalone {
-            return err(format!(
-                "cluster.mode: {:?} is not supported yet; use \"standalone\"",
-                c.mode
-            ));
+        match c.mode {
+            ClusterMode::Standalone if c.redis.len() != 1 => {
+                return err("cluster.redis: standalone mode takes exactly one URL".into());
+            }
+            ClusterMode::Sentinel => {
+                return err(
+                    "cluster.mode: \"sentinel\" is not supported yet; use \"standalone\" or \"cluster\""
+                        .into(),
+                );
+            }
+            _ => {}
         }
-        if c.redis.len() != 1 {
-            return err("cluster.redis: standalone mode takes exactly one URL".into());
+        if c.mode == ClusterMode::Cluster {
+            let tls: Vec<bool> = c.redis.iter().map(|u| u.starts_with("rediss://")).collect();
+            if tls.iter().any(|&t| t != tls[0]) {
+                return err(
+                    "cluster.redis: the seed URLs must all be redis:// or all rediss://".into(),
+                );
+            }
         }
         for url in &c.redis {
             match crate::engine::redis::conn::Target::parse(url) {
                 Err(e) => return err(format!("cluster.redis: {e}")),
+                Ok(t) if c.mode == ClusterMode::Cluster && t.db != 0 => {
+                    return err(format!(
+                        "cluster.redis: {url:?}: a Redis Cluster has only database 0"
+                    ));
+                }
                 Ok(t) if !t.tls => {
                     let set = [("tls_ca", &c.tls_ca), ("tls_cert", &c.tls_cert)]
                         .into_iter()

@@ -139,8 +139,13 @@ impl Server {
         };
         let bridge = match &shared.config.cluster {
             c if c.enabled() => {
-                let target = crate::engine::redis::conn::Target::parse(&c.redis[0])
+                let targets = c
+                    .redis
+                    .iter()
+                    .map(|u| crate::engine::redis::conn::Target::parse(u))
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| StartError::Config(ConfigError(format!("cluster.redis: {e}"))))?;
+                let target = targets[0].clone();
                 let tls = match target.tls {
                     false => None,
                     true => Some(
@@ -165,11 +170,13 @@ impl Server {
                     max_history: crate::proto::command::HISTORY_LIMIT.1,
                 };
                 let node = shared.node.clone().expect("a node name in cluster mode");
-                info!(node = %node, redis = %format!("{}:{}", target.host, target.port), tls = target.tls, "cluster mode: joining through Redis");
+                let sharded = c.mode == crate::config::ClusterMode::Cluster;
+                info!(node = %node, redis = %format!("{}:{}", target.host, target.port), seeds = targets.len(), tls = target.tls, mode = ?c.mode, "cluster mode: joining through Redis");
                 Some(crate::engine::redis::bridge::spawn(
                     shared.clone(),
                     bus.clone(),
-                    target,
+                    targets,
+                    sharded,
                     tls,
                     &node,
                     &c.prefix,

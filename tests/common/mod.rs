@@ -642,6 +642,175 @@ impl Drop for RedisServer {
     }
 }
 
+/// A throwaway Redis Cluster of `redis-server --cluster-enabled yes`
+/// processes on loopback (masters, and replicas when asked), created with
+/// `redis-cli --cluster create`; every process is killed on drop. Panics
+/// with a clear message when redis-server or redis-cli is missing.
+pub struct RedisCluster {
+    /// The nodes, masters first (as created).
+    pub nodes: Vec<RedisServer>,
+    pub masters: usize,
+}
+
+/// A loopback port whose cluster bus port (+10000) is free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let p = 20000 + fastrand::u16(0..20000);
+        let ok = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if ok(p) && ok(p + 10000) {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// `masters` masters with `replicas` replicas each, all slots covered.
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let port = free_cluster_port();
+            let dir = tempfile::tempdir().unwrap();
+            let mut r = RedisServer {
+                child: None,
+                port,
+                args: [
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    // The masters that are up keep serving their slots
+                    // while another is down (what corecast expects: only
+                    // the rooms of a missing master are unavailable).
+                    "--cluster-require-full-coverage",
+                    "no",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+                dir,
+            };
+            r.restart();
+            nodes.push(r);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .arg("--cluster-replicas")
+            .arg(replicas.to_string())
+            .arg("--cluster-yes")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): the cluster tests need it"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = RedisCluster { nodes, masters };
+        c.wait_ok();
+        c
+    }
+
+    /// Waits until every node reports `cluster_state:ok` and agrees on
+    /// `masters` masters.
+    pub fn wait_ok(&self) {
+        let ok = eventually(Duration::from_secs(30), || {
+            self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = match n.try_cmd(&["CLUSTER", "INFO"]) {
+                    Ok(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    Ok(redis::Value::VerbatimString { text, .. }) => text,
+                    _ => return false,
+                };
+                info.contains("cluster_state:ok")
+            })
+        });
+        assert!(ok, "the redis cluster did not reach cluster_state:ok");
+    }
+
+    /// The seed URLs, comma-separated (for `CORECAST_CLUSTER__REDIS`).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node that is master of `key`'s slot now (as the first live
+    /// node sees the cluster).
+    pub fn master_of(&self, key: &str) -> &RedisServer {
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
+        let slot = match live.cmd(&["CLUSTER", "KEYSLOT", key]) {
+            redis::Value::Int(s) => s,
+            other => panic!("KEYSLOT {other:?}"),
+        };
+        let port = owner_port(live, slot).unwrap_or_else(|| panic!("no master for slot {slot}"));
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of the cluster")
+    }
+}
+
+/// The port of the master that owns `slot`, as `n` sees the cluster.
+fn owner_port(n: &RedisServer, slot: i64) -> Option<u16> {
+    let redis::Value::Array(ranges) = n.try_cmd(&["CLUSTER", "SLOTS"]).ok()? else {
+        return None;
+    };
+    for r in ranges {
+        let redis::Value::Array(r) = r else { continue };
+        if let (
+            Some(redis::Value::Int(a)),
+            Some(redis::Value::Int(b)),
+            Some(redis::Value::Array(m)),
+        ) = (r.first(), r.get(1), r.get(2))
+            && (*a..=*b).contains(&slot)
+            && let Some(redis::Value::Int(p)) = m.get(1)
+        {
+            return Some(*p as u16);
+        }
+    }
+    None
+}
+
+/// A corecast node joined to a Redis Cluster (mode `cluster`, every node
+/// of it a seed), as a child process; waits until `/health` is up.
+pub fn cluster_mode_node(c: &RedisCluster, env: &[(&str, &str)]) -> ChildServer {
+    let urls = c.urls();
+    let mut all: Vec<(&str, &str)> = vec![
+        ("CORECAST_CLUSTER__REDIS", urls.as_str()),
+        ("CORECAST_CLUSTER__MODE", "cluster"),
+        ("CORECAST_CORES", "2"),
+        ("CORECAST_PIN", "false"),
+        ("CORECAST_PRESENCE__GRACE", "1"),
+    ];
+    all.retain(|(k, _)| !env.iter().any(|(e, _)| e == k));
+    all.extend_from_slice(env);
+    let node = ChildServer::start(&all);
+    assert!(
+        wait_health(node.addr, 200, WAIT),
+        "node {} did not report healthy; log: {:?}",
+        node.addr,
+        node.log()
+    );
+    node
+}
+
 /// A free loopback port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -19,9 +19,10 @@
 
 use super::conn::{ConnState, Progress, RespConn, Target};
 use super::gather::{Gathers, parse_count};
-use super::io::{BTimer, Io, MAX_IN_FLIGHT, Want};
+use super::io::{BTimer, Io, MAX_IN_FLIGHT, Route, Shard, Want};
 use super::rooms::{JoinReq, NodeRooms};
 use super::scripts::{Channel, Keys, Scripts};
+use super::topology::{self, Master, SlotMap, UNOWNED};
 use super::users::NodeUsers;
 use super::wire::{as_array, as_int, as_str, cluster_json, history_reply, members_answer};
 use super::{Handle, Settings, nodes};
@@ -41,9 +42,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-const CMD: Token = Token(0);
-const SUB: Token = Token(1);
 const WAKER: Token = Token(2);
+/// Shard `i`'s command connection is `Token(FIRST_SHARD + 2 i)`, its
+/// pub/sub connection the token after.
+const FIRST_SHARD: usize = 16;
+/// Least time between two `CLUSTER SLOTS` asked for, ms.
+const TOPOLOGY_MIN_MS: u64 = 200;
 
 /// A command not answered within this long drops the connection, ms.
 const COMMAND_TIMEOUT_MS: u64 = 5000;
@@ -58,6 +62,8 @@ const PROBE_TIMEOUT_MS: u64 = 3000;
 /// A publish waiting for this iteration's script call: where its ack goes,
 /// its tail, its idempotency key.
 type PendingPublish = (Option<ReplyTo>, String, Option<Arc<str>>);
+/// A room and its publishes, in order.
+type RoomPublishes = (Arc<str>, Vec<PendingPublish>);
 
 /// Most publishes sequenced by one script call.
 const PUBLISH_BATCH: usize = 128;
@@ -77,15 +83,26 @@ pub struct Bridge {
     keys: Keys,
     scripts: Scripts,
     cfg: Settings,
-    cmd: RespConn,
-    sub: RespConn,
-    fifo: VecDeque<(Want, u64)>,
+    /// The Redis masters this node talks to: one for a standalone Redis,
+    /// one per master of a Redis Cluster (indexes stay: a master that is no
+    /// longer one is retired, not removed).
+    shards: Vec<Shard>,
+    route: Route,
+    /// Redis Cluster: the seed nodes, asked for the slot map when no shard
+    /// is reachable.
+    seeds: Vec<Target>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// A `CLUSTER SLOTS` is out; when the last was asked (ms).
+    topology_out: bool,
+    topology_at: u64,
+    /// Something suggested the slot map changed (a redirection, a lost
+    /// shard, a dropped sharded subscription): ask again.
+    topology_wanted: bool,
     failed: Vec<Want>,
     /// Commands were dropped while connected: reconcile once drained.
     dropped: bool,
     /// A heartbeat succeeded on this command connection.
     registered: bool,
-    subs: Vec<(bool, String)>,
     wheel: TimerWheel<BTimer>,
     rng: fastrand::Rng,
     rooms: NodeRooms,
@@ -101,15 +118,43 @@ pub struct Bridge {
     /// until then `/health` says down, or a broadcast or direct message
     /// sent at once would miss this node.
     base_subscribed: bool,
+    /// Redis dropped a sharded subscription of the base channels or a
+    /// user's: subscribe them again once the slot map is read.
+    resubscribe_pending: bool,
     stopping: bool,
     values: Vec<Value>,
 }
 
-/// Starts the bridge thread of node `node`.
+/// A shard (its connections not started) for `master`, at index `i`,
+/// reached with `template`'s credentials and TLS.
+fn new_shard(
+    i: usize,
+    master: Master,
+    template: &Target,
+    tls: &Option<Arc<rustls::ClientConfig>>,
+) -> Shard {
+    let mut target = template.clone();
+    target.host = master.host.clone();
+    target.port = master.port;
+    let token = FIRST_SHARD + 2 * i;
+    Shard {
+        master,
+        cmd: RespConn::new("command", target.clone(), tls.clone(), Token(token)),
+        sub: RespConn::new("pub/sub", target, tls.clone(), Token(token + 1)),
+        fifo: VecDeque::new(),
+        subs: Vec::new(),
+        retired: false,
+    }
+}
+
+/// Starts the bridge thread of node `node`. `targets`: the Redis (one) or,
+/// with `sharded`, the seed nodes of a Redis Cluster.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     shared: Arc<Shared>,
     bus: Bus,
-    target: Target,
+    targets: Vec<Target>,
+    sharded: bool,
     tls: Option<Arc<rustls::ClientConfig>>,
     node: &str,
     prefix: &str,
@@ -120,20 +165,37 @@ pub fn spawn(
     let (tx, rx) = crossbeam_channel::unbounded();
     let cores = bus.cores();
     let now = shared.now_ms();
+    let shards: Vec<Shard> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let m = Master {
+                host: t.host.clone(),
+                port: t.port,
+            };
+            new_shard(i, m, t, &tls)
+        })
+        .collect();
     let mut bridge = Bridge {
         outbox: Outbox::new(cores),
         bus,
         poll,
         rx,
-        keys: Keys::new(prefix, node),
-        scripts: Scripts::default(),
-        cmd: RespConn::new("command", target.clone(), tls.clone(), CMD),
-        sub: RespConn::new("pub/sub", target, tls, SUB),
-        fifo: VecDeque::new(),
+        keys: Keys::new(prefix, node, sharded),
+        scripts: Scripts::new(sharded),
+        shards,
+        route: Route {
+            single: !sharded,
+            owner: Vec::new(),
+        },
+        seeds: targets,
+        tls,
+        topology_out: false,
+        topology_at: 0,
+        topology_wanted: sharded,
         failed: Vec::new(),
         dropped: false,
         registered: false,
-        subs: Vec::new(),
         wheel: TimerWheel::new(WHEEL_SLOTS, WHEEL_TICK_MS, now),
         rng: fastrand::Rng::new(),
         rooms: NodeRooms::new(cores),
@@ -143,6 +205,7 @@ pub fn spawn(
         probe: None,
         probe_n: 0,
         base_subscribed: false,
+        resubscribe_pending: false,
         stopping: false,
         values: Vec::new(),
         cfg,
@@ -173,24 +236,35 @@ impl Bridge {
                 break;
             }
             let now = self.shared.now_ms();
-            let (mut cmd_ready, mut sub_ready) = (self.cmd.more, self.sub.more);
+            let mut ready: Vec<(bool, bool)> = self
+                .shards
+                .iter()
+                .map(|s| (s.cmd.more, s.sub.more))
+                .collect();
             for ev in events.iter() {
-                match ev.token() {
-                    CMD => cmd_ready = true,
-                    SUB => sub_ready = true,
-                    _ => {}
+                let t = ev.token().0;
+                if t >= FIRST_SHARD && (t - FIRST_SHARD) / 2 < ready.len() {
+                    let r = &mut ready[(t - FIRST_SHARD) / 2];
+                    if (t - FIRST_SHARD).is_multiple_of(2) {
+                        r.0 = true;
+                    } else {
+                        r.1 = true;
+                    }
                 }
             }
             // Reading resumes where a bounded read stopped, too.
-            if cmd_ready {
-                self.on_cmd_event(now);
-            }
-            if sub_ready {
-                self.on_sub_event(now);
+            for (i, (cmd, sub)) in ready.into_iter().enumerate() {
+                if cmd {
+                    self.on_cmd_event(i, now);
+                }
+                if sub {
+                    self.on_sub_event(i, now);
+                }
             }
             self.take_commands(now);
             self.run_timers(now);
             self.check_timeouts(now);
+            self.ask_topology(now);
             self.flush(now);
             if self.stopping {
                 break;
@@ -200,7 +274,6 @@ impl Bridge {
     }
 
     fn io(&mut self, now_ms: u64) -> (Io<'_>, &mut NodeRooms, &mut NodeUsers, &mut Gathers) {
-        let sub_ready = self.sub.ready();
         (
             Io {
                 now_ms,
@@ -208,12 +281,10 @@ impl Bridge {
                 keys: &self.keys,
                 scripts: &self.scripts,
                 cfg: &self.cfg,
-                cmd: &mut self.cmd,
-                fifo: &mut self.fifo,
+                shards: &mut self.shards,
+                route: &self.route,
                 failed: &mut self.failed,
                 dropped: &mut self.dropped,
-                subs: &mut self.subs,
-                sub_ready,
                 outbox: &mut self.outbox,
                 wheel: &mut self.wheel,
                 rng: &mut self.rng,
@@ -224,110 +295,345 @@ impl Bridge {
         )
     }
 
+    /// Whether the slot map is known (always, for one Redis).
+    fn mapped(&self) -> bool {
+        self.route.single || !self.route.owner.is_empty()
+    }
+
+    /// The shard a channel is on.
+    fn shard_of(&self, channel: &str) -> Option<usize> {
+        self.route.shard_of(channel.as_bytes())
+    }
+
     fn poll_timeout(&self, now: u64) -> Duration {
         let mut ms = self.wheel.next_timeout_ms(now).unwrap_or(250).min(250);
-        for c in [&self.cmd, &self.sub] {
-            if let Some(at) = c.next_deadline() {
-                ms = ms.min(at.saturating_sub(now));
+        for s in self.shards.iter().filter(|s| !s.retired) {
+            for c in [&s.cmd, &s.sub] {
+                if let Some(at) = c.next_deadline() {
+                    ms = ms.min(at.saturating_sub(now));
+                }
+                if c.more {
+                    ms = 0;
+                }
             }
         }
-        if !self.failed.is_empty() || self.cmd.more || self.sub.more {
+        if !self.failed.is_empty() {
             ms = 0;
+        }
+        if self.topology_wanted && !self.topology_out {
+            ms = ms.min(TOPOLOGY_MIN_MS);
         }
         Duration::from_millis(ms)
     }
 
     /// Starts connection attempts that are due.
     fn connect(&mut self, now: u64) {
-        if self.cmd.state() == ConnState::Down {
-            let loads: Vec<redis::Cmd> = self
-                .scripts
-                .sources
-                .iter()
-                .map(|s| redis::cmd("SCRIPT").arg("LOAD").arg(s).to_owned())
-                .collect();
-            let name = format!("corecast:{}:cmd", self.keys.node());
-            if let Progress::Failed(e) =
-                self.cmd
-                    .try_connect(self.poll.registry(), now, &name, &loads)
-            {
-                self.cmd_lost(now, &e);
+        for i in 0..self.shards.len() {
+            if self.shards[i].retired {
+                continue;
             }
-        }
-        if self.sub.state() == ConnState::Down {
-            let name = format!("corecast:{}:sub", self.keys.node());
-            if let Progress::Failed(e) = self.sub.try_connect(self.poll.registry(), now, &name, &[])
-            {
-                self.sub_lost(&e);
+            if self.shards[i].cmd.state() == ConnState::Down {
+                let loads: Vec<redis::Cmd> = self
+                    .scripts
+                    .sources
+                    .iter()
+                    .map(|s| redis::cmd("SCRIPT").arg("LOAD").arg(s).to_owned())
+                    .collect();
+                let name = format!("corecast:{}:cmd", self.keys.node());
+                let p = self.shards[i]
+                    .cmd
+                    .try_connect(self.poll.registry(), now, &name, &loads);
+                if let Progress::Failed(e) = p {
+                    self.cmd_lost(now, i, &e);
+                }
             }
-        }
-        for p in [self.cmd.check_deadline(now)] {
-            if let Progress::Failed(e) = p {
-                self.cmd_lost(now, &e);
+            if self.shards[i].sub.state() == ConnState::Down {
+                let name = format!("corecast:{}:sub", self.keys.node());
+                let p = self.shards[i]
+                    .sub
+                    .try_connect(self.poll.registry(), now, &name, &[]);
+                if let Progress::Failed(e) = p {
+                    self.sub_lost(i, &e);
+                }
             }
-        }
-        if let Progress::Failed(e) = self.sub.check_deadline(now) {
-            self.sub_lost(&e);
+            if let Progress::Failed(e) = self.shards[i].cmd.check_deadline(now) {
+                self.cmd_lost(now, i, &e);
+            }
+            if let Progress::Failed(e) = self.shards[i].sub.check_deadline(now) {
+                self.sub_lost(i, &e);
+            }
         }
     }
 
+    /// Up when the slot map is known, every master's two connections are
+    /// ready, and the broadcast channel's subscription is confirmed.
     fn update_health(&self) {
-        let down = !(self.cmd.ready() && self.sub.ready() && self.base_subscribed);
+        let all = self
+            .shards
+            .iter()
+            .filter(|s| !s.retired)
+            .all(|s| s.cmd.ready() && s.sub.ready());
+        let down = !(self.mapped() && all && self.base_subscribed);
         self.shared.redis_down.store(down, Ordering::Relaxed);
     }
 
-    // ---- the command connection ----------------------------------------
+    // ---- the slot map (Redis Cluster) -----------------------------------
 
-    fn on_cmd_event(&mut self, now: u64) {
+    /// Asks a reachable master for the slot map when it is wanted (at
+    /// start, after a redirection or a lost shard, at every heartbeat).
+    fn ask_topology(&mut self, now: u64) {
+        if !self.topology_wanted
+            || self.topology_out
+            || now.saturating_sub(self.topology_at) < TOPOLOGY_MIN_MS
+        {
+            return;
+        }
+        let Some(i) = self
+            .shards
+            .iter()
+            .position(|s| !s.retired && s.cmd.ready() && s.fifo.len() < MAX_IN_FLIGHT)
+        else {
+            // No master reachable: try the seeds as well.
+            if self
+                .shards
+                .iter()
+                .all(|s| s.retired || s.cmd.state() == ConnState::Down)
+            {
+                for t in self.seeds.clone() {
+                    let m = Master {
+                        host: t.host.clone(),
+                        port: t.port,
+                    };
+                    match self.shards.iter().position(|s| s.master == m) {
+                        Some(j) => self.shards[j].retired = false,
+                        None => {
+                            let j = self.shards.len();
+                            self.shards.push(new_shard(j, m, &t, &self.tls));
+                        }
+                    }
+                }
+            }
+            return;
+        };
+        self.topology_wanted = false;
+        self.topology_out = true;
+        self.topology_at = now;
+        let s = &mut self.shards[i];
+        s.cmd.send(redis::cmd("CLUSTER").arg("SLOTS"));
+        s.fifo.push_back((Want::Topology, now));
+    }
+
+    /// A `CLUSTER SLOTS` reply from shard `from`: routes by the new map;
+    /// masters new to it get shards, masters no longer in it are retired,
+    /// and every room and user whose channel moved to another master
+    /// subscribes there (rooms then re-check their position and fill the
+    /// gap from their stream, as after any lost subscription).
+    fn apply_topology(&mut self, now: u64, from: usize, v: &redis::Value) {
+        self.topology_out = false;
+        let map = match SlotMap::parse(v, &self.shards[from].master.host) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "redis cluster: bad slot map");
+                self.topology_wanted = true;
+                return;
+            }
+        };
+        if map.unowned() > 0 {
+            warn!(
+                unowned = map.unowned(),
+                "redis cluster: slots without a master"
+            );
+        }
+        let template = self.seeds[0].clone();
+        let mut index = Vec::with_capacity(map.masters.len());
+        for m in &map.masters {
+            let i = match self.shards.iter().position(|s| s.master == *m) {
+                Some(i) => {
+                    self.shards[i].retired = false;
+                    i
+                }
+                None => {
+                    let i = self.shards.len();
+                    info!(master = %format!("{}:{}", m.host, m.port), "redis cluster: new master");
+                    self.shards
+                        .push(new_shard(i, m.clone(), &template, &self.tls));
+                    i
+                }
+            };
+            index.push(i as u16);
+        }
+        let owner: Vec<u16> = map
+            .owner
+            .iter()
+            .map(|&o| {
+                if o == UNOWNED {
+                    UNOWNED
+                } else {
+                    index[o as usize]
+                }
+            })
+            .collect();
+        if owner == self.route.owner {
+            self.after_topology(now, false);
+            return;
+        }
+        let old = std::mem::replace(
+            &mut self.route,
+            Route {
+                single: false,
+                owner,
+            },
+        );
+        let first = old.owner.is_empty();
+        for i in 0..self.shards.len() {
+            if !self.shards[i].retired && !index.contains(&(i as u16)) {
+                let m = &self.shards[i].master;
+                info!(master = %format!("{}:{}", m.host, m.port), "redis cluster: not a master any more");
+                self.shards[i].retired = true;
+                self.shards[i].cmd.reset(now, "retired");
+                self.shards[i].sub.reset(now, "retired");
+                self.cmd_lost(now, i, "redis cluster: a master was retired");
+                self.shards[i].subs.clear();
+            }
+        }
+        if !first {
+            let new = self.route.clone();
+            let moved = |ch: &str| old.shard_of(ch.as_bytes()) != new.shard_of(ch.as_bytes());
+            let keys = self.keys.clone();
+            if moved(&keys.bcast()) || moved(&keys.node_channel(keys.node())) {
+                self.base_subscribed = false;
+                self.probe = None;
+            }
+            let (mut io, rooms, _, _) = self.io(now);
+            rooms.on_sub_lost(&mut io, &|name| moved(&keys.room_channel(name)));
+            self.resubscribe_moved(now, &old);
+        }
+        self.after_topology(now, first);
+    }
+
+    /// Subscribes the base channels and users that moved to another shard.
+    fn resubscribe_moved(&mut self, now: u64, old: &Route) {
+        let route = self.route.clone();
+        let moved = |ch: &str| old.shard_of(ch.as_bytes()) != route.shard_of(ch.as_bytes());
+        if !self.base_subscribed {
+            self.subscribe_base();
+        }
+        let (mut io, _, users, _) = self.io(now);
+        users.resubscribe(&mut io, &moved);
+    }
+
+    /// Rooms without a confirmed subscription subscribe again (and, after
+    /// Redis dropped one, the base channels and users); the first map also
+    /// puts this node's state into Redis.
+    fn after_topology(&mut self, now: u64, first: bool) {
+        if std::mem::take(&mut self.resubscribe_pending) && !first {
+            if !self.base_subscribed {
+                self.subscribe_base();
+            }
+            let (mut io, _, users, _) = self.io(now);
+            users.resubscribe(&mut io, &|_| true);
+        }
+        if first {
+            info!(
+                node = self.keys.node(),
+                masters = self.shards.iter().filter(|s| !s.retired).count(),
+                "redis cluster: slot map known"
+            );
+        }
+        let (mut io, rooms, users, _) = self.io(now);
+        rooms.resubscribe(&mut io, &|_| true, true);
+        if first {
+            users.resubscribe(&mut io, &|_| true);
+            nodes::reconcile(&mut io, rooms, users);
+            rooms.on_cmd_back(&mut io);
+            self.subscribe_base();
+            self.heartbeat(now);
+        }
+        self.update_health();
+    }
+
+    /// Subscribes the node's own channel and the broadcast channel (the
+    /// node channel first: a confirmed broadcast subscription then means
+    /// both are in place).
+    fn subscribe_base(&mut self) {
+        let node_channel = self.keys.node_channel(self.keys.node());
+        let bcast = self.keys.bcast();
+        for ch in [node_channel, bcast] {
+            if let Some(s) = self.shard_of(&ch).and_then(|i| self.shards.get_mut(i))
+                && s.sub.ready()
+            {
+                s.subs.push((true, ch));
+            }
+        }
+    }
+
+    // ---- the command connections ----------------------------------------
+
+    fn on_cmd_event(&mut self, i: usize, now: u64) {
         let mut values = std::mem::take(&mut self.values);
-        match self.cmd.on_event(now, &mut values) {
+        match self.shards[i].cmd.on_event(now, &mut values) {
             Progress::Ready => {
-                info!(node = self.keys.node(), "redis command connection ready");
+                info!(
+                    node = self.keys.node(),
+                    shard = i,
+                    "redis command connection ready"
+                );
                 self.update_health();
-                let (mut io, rooms, users, _) = self.io(now);
-                nodes::reconcile(&mut io, rooms, users);
-                rooms.on_cmd_back(&mut io);
-                // Registered at once: a node that dies right after its
-                // start must still be reaped.
-                self.heartbeat(now);
+                if self.mapped() {
+                    let (mut io, rooms, users, _) = self.io(now);
+                    nodes::reconcile(&mut io, rooms, users);
+                    rooms.on_cmd_back(&mut io);
+                    // Registered at once: a node that dies right after its
+                    // start must still be reaped.
+                    self.heartbeat(now);
+                }
             }
             Progress::Failed(e) => {
                 self.values = values;
-                self.dispatch_replies(now);
-                return self.cmd_lost(now, &e);
+                self.dispatch_replies(i, now);
+                return self.cmd_lost(now, i, &e);
             }
             Progress::Same => {}
         }
         self.values = values;
-        self.dispatch_replies(now);
+        self.dispatch_replies(i, now);
     }
 
-    fn dispatch_replies(&mut self, now: u64) {
+    fn dispatch_replies(&mut self, i: usize, now: u64) {
         let values = std::mem::take(&mut self.values);
         for v in values.into_iter() {
-            let Some((want, _)) = self.fifo.pop_front() else {
+            let Some((want, _)) = self.shards[i].fifo.pop_front() else {
                 warn!("redis reply without a command; connection reset");
-                self.cmd.reset(now, "unexpected reply");
-                self.cmd_lost(now, "unexpected reply");
+                self.shards[i].cmd.reset(now, "unexpected reply");
+                self.cmd_lost(now, i, "unexpected reply");
                 break;
             };
-            self.on_reply(now, want, v);
+            self.on_reply(now, i, want, v);
         }
         self.fail_pending(now);
     }
 
-    /// The command connection is gone: every waiting command fails.
-    fn cmd_lost(&mut self, now: u64, why: &str) {
+    /// A command connection is gone: every command waiting on it fails.
+    fn cmd_lost(&mut self, now: u64, i: usize, why: &str) {
         // Each new reason is a warning; the same one again, every backoff,
         // is not.
-        if !self.fifo.is_empty() || !self.cmd.repeated {
-            warn!(node = self.keys.node(), waiting = self.fifo.len(), "{why}");
+        let s = &mut self.shards[i];
+        if !s.fifo.is_empty() || !s.cmd.repeated {
+            warn!(
+                node = self.keys.node(),
+                shard = i,
+                waiting = s.fifo.len(),
+                "{why}"
+            );
         } else {
             debug!("{why}");
         }
-        self.update_health();
-        let waiting: Vec<Want> = self.fifo.drain(..).map(|(w, _)| w).collect();
+        let waiting: Vec<Want> = s.fifo.drain(..).map(|(w, _)| w).collect();
         self.failed.extend(waiting);
+        if !self.route.single {
+            self.topology_wanted = true;
+        }
+        self.update_health();
         self.fail_pending(now);
     }
 
@@ -341,73 +647,99 @@ impl Bridge {
     }
 
     fn check_timeouts(&mut self, now: u64) {
-        if let Some((_, sent)) = self.fifo.front()
-            && now.saturating_sub(*sent) >= COMMAND_TIMEOUT_MS
-        {
-            self.cmd.reset(now, "a reply timed out");
-            self.cmd_lost(now, "redis command connection: a reply timed out");
+        for i in 0..self.shards.len() {
+            if let Some((_, sent)) = self.shards[i].fifo.front()
+                && now.saturating_sub(*sent) >= COMMAND_TIMEOUT_MS
+            {
+                self.shards[i].cmd.reset(now, "a reply timed out");
+                self.cmd_lost(now, i, "redis command connection: a reply timed out");
+            }
         }
         if let Some((_, sent)) = self.probe
             && now.saturating_sub(sent) >= PROBE_TIMEOUT_MS
-            && self.sub.ready()
+            && let Some(i) = self.shard_of(&self.keys.node_channel(self.keys.node()))
+            && self.shards[i].sub.ready()
         {
             self.probe = None;
-            self.sub.reset(now, "probe lost");
-            self.sub_lost("redis pub/sub connection: a probe did not come back");
+            self.shards[i].sub.reset(now, "probe lost");
+            self.sub_lost(i, "redis pub/sub connection: a probe did not come back");
         }
         let (mut io, _, _, gathers) = self.io(now);
         gathers.expire(&mut io);
     }
 
-    // ---- the pub/sub connection ----------------------------------------
+    // ---- the pub/sub connections ----------------------------------------
 
-    fn on_sub_event(&mut self, now: u64) {
+    fn on_sub_event(&mut self, i: usize, now: u64) {
         let mut values = std::mem::take(&mut self.values);
-        let progress = self.sub.on_event(now, &mut values);
+        let progress = self.shards[i].sub.on_event(now, &mut values);
         for v in values.drain(..) {
             self.on_push(now, v);
         }
         self.values = values;
         match progress {
             Progress::Ready => {
-                info!(node = self.keys.node(), "redis pub/sub connection ready");
-                self.base_subscribed = false;
+                info!(
+                    node = self.keys.node(),
+                    shard = i,
+                    "redis pub/sub connection ready"
+                );
+                let keys = self.keys.clone();
+                let route = self.route.clone();
+                let here = move |ch: &str| route.shard_of(ch.as_bytes()) == Some(i);
+                if here(&keys.bcast()) {
+                    self.base_subscribed = false;
+                }
                 self.update_health();
-                self.subs
-                    .push((true, self.keys.node_channel(self.keys.node())));
-                self.subs.push((true, self.keys.bcast()));
+                self.subscribe_base();
                 let (mut io, rooms, users, _) = self.io(now);
-                rooms.resubscribe(&mut io);
-                users.resubscribe(&mut io);
+                rooms.resubscribe(&mut io, &|name| here(&keys.room_channel(name)), false);
+                users.resubscribe(&mut io, &here);
             }
-            Progress::Failed(e) => self.sub_lost(&e),
+            Progress::Failed(e) => self.sub_lost(i, &e),
             Progress::Same => {}
         }
         self.fail_pending(now);
     }
 
-    fn sub_lost(&mut self, why: &str) {
-        if !self.sub.repeated {
-            warn!(node = self.keys.node(), "{why}");
+    fn sub_lost(&mut self, i: usize, why: &str) {
+        if !self.shards[i].sub.repeated {
+            warn!(node = self.keys.node(), shard = i, "{why}");
         } else {
             debug!("{why}");
         }
-        self.base_subscribed = false;
+        let keys = self.keys.clone();
+        let route = self.route.clone();
+        let here = move |ch: &str| route.shard_of(ch.as_bytes()) == Some(i);
+        if here(&keys.bcast()) {
+            self.base_subscribed = false;
+        }
+        if here(&keys.node_channel(keys.node())) {
+            self.probe = None;
+        }
         self.update_health();
-        self.probe = None;
-        self.subs.clear();
+        self.shards[i].subs.clear();
+        if !self.route.single {
+            self.topology_wanted = true;
+        }
         let now = self.shared.now_ms();
         let (mut io, rooms, _, _) = self.io(now);
-        rooms.on_sub_lost(&mut io);
+        rooms.on_sub_lost(&mut io, &|name| here(&keys.room_channel(name)));
     }
 
-    /// A message or confirmation on the pub/sub connection.
+    /// A message or confirmation on a pub/sub connection (`message` and
+    /// `subscribe` from one Redis, `smessage`, `ssubscribe` and
+    /// `sunsubscribe` from a cluster's sharded channels).
     fn on_push(&mut self, now: u64, v: Value) {
         let mut parts = match v {
             Value::Array(a) => a.into_iter(),
             Value::ServerError(e) => {
-                // E.g. NOPERM for an ACL user without channel rights: the
-                // joins waiting for that subscription time out.
+                // E.g. NOPERM for an ACL user without channel rights, or
+                // MOVED for a sharded channel whose slot moved: the joins
+                // waiting for that subscription time out.
+                if !self.route.single {
+                    self.topology_wanted = true;
+                }
                 return warn!(error = ?e, "redis refused a subscription");
             }
             _ => return,
@@ -418,12 +750,12 @@ impl Bridge {
             return;
         };
         match kind.as_slice() {
-            b"message" => {
+            b"message" | b"smessage" => {
                 if let Some(Value::BulkString(payload)) = parts.next() {
                     self.on_message(now, &channel, &payload);
                 }
             }
-            b"subscribe" => {
+            b"subscribe" | b"ssubscribe" => {
                 if channel == self.keys.bcast().as_bytes() {
                     self.base_subscribed = true;
                     self.update_health();
@@ -434,7 +766,46 @@ impl Bridge {
                     rooms.on_subscribed(&mut io, &room);
                 }
             }
+            b"sunsubscribe" => self.on_sunsubscribe(now, &channel),
             _ => {}
+        }
+    }
+
+    /// A sharded subscription ended. One this node asked to end (a room no
+    /// longer needed) is gone from its tables already; any other was
+    /// dropped by Redis because its slot moved to another master (a
+    /// failover, a migration): it is lost, and subscribed again on the new
+    /// owner once the slot map says which.
+    fn on_sunsubscribe(&mut self, now: u64, channel: &[u8]) {
+        let lost = match self.keys.classify(channel) {
+            Channel::Room(room) => {
+                let room = room.to_string();
+                if self.rooms.name(&room).is_none() {
+                    return;
+                }
+                let (mut io, rooms, _, _) = self.io(now);
+                rooms.on_sub_lost(&mut io, &|name| name == room);
+                true
+            }
+            Channel::User(_) => true,
+            Channel::Other => {
+                if channel == self.keys.bcast().as_bytes()
+                    || channel == self.keys.node_channel(self.keys.node()).as_bytes()
+                {
+                    self.base_subscribed = false;
+                    self.probe = None;
+                    self.update_health();
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if lost {
+            debug!(channel = %String::from_utf8_lossy(channel), "redis dropped a sharded subscription");
+            self.resubscribe_pending = true;
+            self.topology_wanted = true;
+            self.topology_at = 0;
         }
     }
 
@@ -523,6 +894,27 @@ impl Bridge {
             });
             groups[i].1.push(publish);
         }
+        // One script call per batch; on a cluster, per hash slot (a script
+        // may only touch keys of one slot).
+        let mut batches: Vec<(u16, Vec<RoomPublishes>)> = Vec::new();
+        for g in groups {
+            let slot = if self.route.single {
+                0
+            } else {
+                topology::slot(self.keys.room_channel(&g.0).as_bytes())
+            };
+            match batches.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, b)) => b.push(g),
+                None => batches.push((slot, vec![g])),
+            }
+        }
+        for (_, groups) in batches {
+            self.send_publish_batch(now, groups);
+        }
+    }
+
+    /// One publish script call for `groups` (rooms of one slot).
+    fn send_publish_batch(&mut self, now: u64, groups: Vec<RoomPublishes>) {
         let (mut io, _, _, _) = self.io(now);
         let k = io.keys;
         let mut keys: Vec<String> = Vec::with_capacity(groups.len() * 5);
@@ -587,7 +979,7 @@ impl Bridge {
                 tail,
                 key,
             } => {
-                if !io.cmd_ready() {
+                if !io.room_ready(&room) {
                     return io.failed.push(Want::Publish {
                         items: vec![(room, vec![reply])],
                     });
@@ -655,15 +1047,30 @@ impl Bridge {
 
     // ---- replies ---------------------------------------------------------
 
-    fn on_reply(&mut self, now: u64, want: Want, v: Value) {
-        if let Value::ServerError(e) = &v
-            && e.code() == "NOSCRIPT"
-        {
-            // Scripts were flushed behind our back: reload them (reconnect).
-            warn!("redis lost our scripts (SCRIPT FLUSH?); reconnecting");
-            self.cmd.reset(now, "NOSCRIPT");
-            self.failed.push(want);
-            return self.cmd_lost(now, "redis command connection: NOSCRIPT");
+    fn on_reply(&mut self, now: u64, shard: usize, want: Want, v: Value) {
+        if let Value::ServerError(e) = &v {
+            match e.code() {
+                "NOSCRIPT" => {
+                    // Scripts were flushed behind our back: reload them
+                    // (reconnect).
+                    warn!("redis lost our scripts (SCRIPT FLUSH?); reconnecting");
+                    self.shards[shard].cmd.reset(now, "NOSCRIPT");
+                    self.failed.push(want);
+                    return self.cmd_lost(now, shard, "redis command connection: NOSCRIPT");
+                }
+                "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" if !self.route.single => {
+                    // The slot is elsewhere (or moving): the command did not
+                    // run, so it fails honestly (`unavailable`, a join is
+                    // refused, a read retried) and the map is read again.
+                    debug!(error = ?e, "redis cluster redirection");
+                    self.topology_wanted = true;
+                    return self.failed.push(want);
+                }
+                _ => {}
+            }
+        }
+        if let Want::Topology = want {
+            return self.apply_topology(now, shard, &v);
         }
         let cutoff = crate::auth::unix_now_ms().saturating_sub(self.cfg.ttl_ms);
         let (mut io, rooms, users, gathers) = self.io(now);
@@ -779,10 +1186,14 @@ impl Bridge {
                 self.registered = true;
             }
             Want::Probe => {
-                if as_int(&v) == Some(0) && self.sub.ready() {
+                let channel = self.keys.node_channel(self.keys.node());
+                if as_int(&v) == Some(0)
+                    && let Some(i) = self.shard_of(&channel)
+                    && self.shards[i].sub.ready()
+                {
                     self.probe = None;
-                    self.sub.reset(now, "not subscribed");
-                    self.sub_lost("redis pub/sub connection: not subscribed to our channel");
+                    self.shards[i].sub.reset(now, "not subscribed");
+                    self.sub_lost(i, "redis pub/sub connection: not subscribed to our channel");
                 }
             }
             Want::ClusterStats { agg } => {
@@ -796,6 +1207,7 @@ impl Bridge {
                 );
             }
             Want::Reap(step) => nodes::on_reap_reply(&mut io, rooms, users, step, v),
+            Want::Topology => {}
         }
     }
 
@@ -842,6 +1254,10 @@ impl Bridge {
             Want::Position { room } | Want::Fill { room, .. } => rooms.retry_later(&room),
             Want::UserOffline { user, token, rooms } => users.offline_failed(user, token, rooms),
             Want::Probe => self.probe = None,
+            Want::Topology => {
+                self.topology_out = false;
+                self.topology_wanted = true;
+            }
             Want::Ignore(_) | Want::UserConn { .. } | Want::Heartbeat | Want::Reap(_) => {
                 // Redis is reconciled with this node's state when the
                 // connection is back, or (commands dropped while the queue
@@ -878,7 +1294,19 @@ impl Bridge {
     /// Registers the node (with its stats), looks for dead nodes, probes
     /// the pub/sub connection.
     fn heartbeat(&mut self, now: u64) {
-        if !self.cmd.ready() {
+        if !self.route.single {
+            self.topology_wanted = true;
+        }
+        let (nodes, _) = self.keys.nodes();
+        let channel = self.keys.node_channel(self.keys.node());
+        let ready = |c: &str| {
+            self.shard_of(c)
+                .and_then(|i| self.shards.get(i))
+                .map_or((false, false), |s| (s.cmd.ready(), s.sub.ready()))
+        };
+        let (registry_up, _) = ready(&nodes);
+        let (_, sub_up) = ready(&channel);
+        if !registry_up {
             return;
         }
         let stats = crate::proto::event::Event::object()
@@ -891,7 +1319,7 @@ impl Bridge {
             .finish();
         let (nodes, stats_key) = self.keys.nodes();
         let node = self.keys.node().to_string();
-        let probe = self.sub.ready() && self.probe.is_none();
+        let probe = sub_up && self.probe.is_none();
         self.probe_n += 1;
         let probe_n = self.probe_n;
         let (mut io, _, _, _) = self.io(now);
@@ -909,24 +1337,38 @@ impl Bridge {
     }
 
     fn flush(&mut self, now: u64) {
-        if self.sub.ready() {
-            // In the order asked: runs of subscriptions and unsubscriptions,
-            // up to 512 channels a command.
-            let mut i = 0;
-            while i < self.subs.len() {
-                let kind = self.subs[i].0;
-                let mut c = redis::cmd(if kind { "SUBSCRIBE" } else { "UNSUBSCRIBE" });
-                let mut n = 0;
-                while i < self.subs.len() && self.subs[i].0 == kind && n < 512 {
-                    c.arg(&self.subs[i].1);
-                    i += 1;
-                    n += 1;
+        let sharded = self.keys.sharded();
+        for s in self.shards.iter_mut() {
+            if s.sub.ready() {
+                // In the order asked: runs of subscriptions and
+                // unsubscriptions, up to 512 channels a command (one on a
+                // cluster: channels of one command must share a slot).
+                let (on, off) = if sharded {
+                    ("SSUBSCRIBE", "SUNSUBSCRIBE")
+                } else {
+                    ("SUBSCRIBE", "UNSUBSCRIBE")
+                };
+                let most = if sharded { 1 } else { 512 };
+                let mut i = 0;
+                while i < s.subs.len() {
+                    let kind = s.subs[i].0;
+                    let mut c = redis::cmd(if kind { on } else { off });
+                    let mut n = 0;
+                    while i < s.subs.len() && s.subs[i].0 == kind && n < most {
+                        c.arg(&s.subs[i].1);
+                        i += 1;
+                        n += 1;
+                    }
+                    s.sub.send(&c);
                 }
-                self.sub.send(&c);
             }
+            s.subs.clear();
         }
-        self.subs.clear();
-        if self.dropped && self.cmd.ready() && self.fifo.len() < MAX_IN_FLIGHT / 2 {
+        let drained = self
+            .shards
+            .iter()
+            .all(|s| s.retired || s.fifo.len() < MAX_IN_FLIGHT / 2);
+        if self.dropped && drained && self.mapped() {
             // Commands were dropped while the queue was full: make Redis
             // match this node again.
             self.dropped = false;
@@ -937,15 +1379,19 @@ impl Bridge {
             let (mut io, rooms, users, _) = self.io(now);
             nodes::reconcile(&mut io, rooms, users);
         }
-        if let Progress::Failed(e) = self.sub.flush(now) {
-            self.sub_lost(&e);
-        }
-        if let Progress::Failed(e) = self.cmd.flush(now) {
-            self.cmd_lost(now, &e);
+        let mut bytes_in = 0;
+        for i in 0..self.shards.len() {
+            if let Progress::Failed(e) = self.shards[i].sub.flush(now) {
+                self.sub_lost(i, &e);
+            }
+            if let Progress::Failed(e) = self.shards[i].cmd.flush(now) {
+                self.cmd_lost(now, i, &e);
+            }
+            bytes_in += self.shards[i].sub.bytes_in + self.shards[i].cmd.bytes_in;
         }
         self.shared
             .redis_bytes_in
-            .store(self.sub.bytes_in + self.cmd.bytes_in, Ordering::Relaxed);
+            .store(bytes_in, Ordering::Relaxed);
         self.outbox.flush(&self.bus);
     }
 }

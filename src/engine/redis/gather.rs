@@ -65,7 +65,9 @@ impl Gathers {
     pub fn broadcast(&mut self, io: &mut Io<'_>, frame: &Bytes, agg: AggRef) {
         let token = self.start(To::Core(agg), None, io.now_ms);
         let payload = bcast_payload(io.keys.node(), token, crate::frame::payload(frame));
-        let c = redis::cmd("PUBLISH")
+        let c = io
+            .keys
+            .publish_cmd()
             .arg(io.keys.bcast())
             .arg(payload)
             .to_owned();
@@ -158,7 +160,9 @@ impl Gathers {
                 io.event(agg.core, ev);
             }
             To::Node(node, token) => {
-                let cmd = redis::cmd("PUBLISH")
+                let cmd = io
+                    .keys
+                    .publish_cmd()
                     .arg(io.keys.node_channel(&node))
                     .arg(format!("a{token},{}", g.sum))
                     .to_owned();

@@ -9,6 +9,7 @@ use super::Settings;
 use super::conn::RespConn;
 use super::rooms::JoinReq;
 use super::scripts::{Keys, Scripts};
+use super::topology::{self, Master, UNOWNED};
 use crate::bus::{BusMsg, Outbox};
 use crate::engine::{AggRef, Answer, Event, ReplyTo};
 use crate::proto::command::Id;
@@ -103,6 +104,8 @@ pub enum Want {
     },
     /// A step of reaping a dead node or reconciling this one.
     Reap(super::nodes::ReapStep),
+    /// `CLUSTER SLOTS`: which master owns which slot.
+    Topology,
 }
 
 /// A timer of the bridge.
@@ -121,6 +124,67 @@ pub enum BTimer {
     Heartbeat,
 }
 
+/// One Redis master and this node's two connections to it: commands (with
+/// the FIFO their replies are matched against) and pub/sub. One Redis is
+/// one shard; a Redis Cluster has one per master.
+pub struct Shard {
+    /// Where it is.
+    pub master: Master,
+    /// The command connection.
+    pub cmd: RespConn,
+    /// The pub/sub connection.
+    pub sub: RespConn,
+    /// What each command sent on `cmd` waits for, and when it was sent.
+    pub fifo: VecDeque<(Want, u64)>,
+    /// (Un)subscriptions in the order asked (true = subscribe), sent with
+    /// this iteration's batch.
+    pub subs: Vec<(bool, String)>,
+    /// No longer a master in the slot map: not connected, owns no slot.
+    pub retired: bool,
+}
+
+/// Slot → shard (index into the bridge's shards); empty until the slot
+/// map is known (a cluster's first `CLUSTER SLOTS`).
+#[derive(Debug, Default, Clone)]
+pub struct Route {
+    /// One Redis: everything on shard 0.
+    pub single: bool,
+    /// Per slot its shard, or [`UNOWNED`].
+    pub owner: Vec<u16>,
+}
+
+impl Route {
+    /// The shard that owns `key` (a key or a sharded channel).
+    pub fn shard_of(&self, key: &[u8]) -> Option<usize> {
+        if self.single {
+            return Some(0);
+        }
+        match self.owner.get(topology::slot(key) as usize) {
+            Some(&o) if o != UNOWNED => Some(o as usize),
+            _ => None,
+        }
+    }
+}
+
+/// The key a command is routed by: the first key of a script call, else
+/// its first argument (every other command the bridge sends takes one key
+/// or one channel first). `None`: a command without a key.
+pub fn routing_key(cmd: &redis::Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().map(|a| match a {
+        redis::Arg::Simple(b) => b,
+        _ => &[][..],
+    });
+    let name = args.next()?;
+    if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        let _sha = args.next()?;
+        let n = args.next()?;
+        if n == b"0" {
+            return None;
+        }
+    }
+    args.next()
+}
+
 /// What the rooms' and users' handlers work with: Redis (the command FIFO
 /// and the subscriptions), the cores, timers.
 pub struct Io<'a> {
@@ -134,40 +198,55 @@ pub struct Io<'a> {
     pub scripts: &'a Scripts,
     /// Settings.
     pub cfg: &'a Settings,
-    pub(super) cmd: &'a mut RespConn,
-    pub(super) fifo: &'a mut VecDeque<(Want, u64)>,
+    pub(super) shards: &'a mut [Shard],
+    pub(super) route: &'a Route,
     /// Wants that could not be sent (the connection is down): failed after
     /// the handler returns.
     pub(super) failed: &'a mut Vec<Want>,
     /// Commands dropped while the connection was up (the queue was full):
     /// Redis must be reconciled with this node once it drained.
     pub(super) dropped: &'a mut bool,
-    /// (Un)subscriptions in the order asked (true = subscribe).
-    pub(super) subs: &'a mut Vec<(bool, String)>,
-    pub(super) sub_ready: bool,
     pub(super) outbox: &'a mut Outbox,
     pub(super) wheel: &'a mut TimerWheel<BTimer>,
     pub(super) rng: &'a mut fastrand::Rng,
 }
 
 impl Io<'_> {
-    /// Whether commands can be sent to Redis.
-    pub fn cmd_ready(&self) -> bool {
-        self.cmd.ready() && self.fifo.len() < MAX_IN_FLIGHT
+    /// Whether commands for `key` (a key or channel) can be sent: the
+    /// shard that owns it is connected and not too far behind.
+    pub fn ready_for(&self, key: &str) -> bool {
+        self.route
+            .shard_of(key.as_bytes())
+            .and_then(|i| self.shards.get(i))
+            .is_some_and(|s| s.cmd.ready() && s.fifo.len() < MAX_IN_FLIGHT)
     }
 
-    /// Sends a command; its reply goes to `want`. When Redis cannot take
-    /// it, `want` fails (`unavailable`).
+    /// Whether commands for `room` can be sent.
+    pub fn room_ready(&self, room: &str) -> bool {
+        self.ready_for(&self.keys.room_channel(room))
+    }
+
+    /// Sends a command to the shard that owns its key (shard 0 for one
+    /// without); its reply goes to `want`. When Redis cannot take it,
+    /// `want` fails (`unavailable`).
     pub fn call(&mut self, cmd: &redis::Cmd, want: Want) {
-        if !self.cmd_ready() {
-            if self.cmd.ready() {
+        let shard = match routing_key(cmd) {
+            Some(key) => self.route.shard_of(key),
+            None => self.route.shard_of(b"").or(Some(0)),
+        };
+        let Some(s) = shard.and_then(|i| self.shards.get_mut(i)) else {
+            self.failed.push(want);
+            return;
+        };
+        if !(s.cmd.ready() && s.fifo.len() < MAX_IN_FLIGHT) {
+            if s.cmd.ready() {
                 *self.dropped = true;
             }
             self.failed.push(want);
             return;
         }
-        self.cmd.send(cmd);
-        self.fifo.push_back((want, self.now_ms));
+        s.cmd.send(cmd);
+        s.fifo.push_back((want, self.now_ms));
     }
 
     /// An EVALSHA of `script` over `keys`; the caller adds the arguments.
@@ -183,16 +262,26 @@ impl Io<'_> {
     /// Subscribes to a channel (sent with this iteration's batch; a down
     /// pub/sub connection resubscribes everything when it is back).
     pub fn subscribe(&mut self, channel: String) {
-        if self.sub_ready {
-            self.subs.push((true, channel));
-        }
+        self.sub_request(true, channel);
     }
 
     /// Unsubscribes from a channel (after the subscriptions asked before).
     pub fn unsubscribe(&mut self, channel: String) {
-        if self.sub_ready {
-            self.subs.push((false, channel));
+        self.sub_request(false, channel);
+    }
+
+    fn sub_request(&mut self, on: bool, channel: String) {
+        let shard = self.route.shard_of(channel.as_bytes());
+        if let Some(s) = shard.and_then(|i| self.shards.get_mut(i))
+            && s.sub.ready()
+        {
+            s.subs.push((on, channel));
         }
+    }
+
+    /// The shard a channel is on (`None` while no master owns it).
+    pub fn shard_of(&self, channel: &str) -> Option<usize> {
+        self.route.shard_of(channel.as_bytes())
     }
 
     /// An event for `core`.

@@ -67,7 +67,7 @@ impl NodeRooms {
 
     /// A connection wants to join (or, `rejoin`, to hear the position).
     pub fn join(&mut self, io: &mut Io<'_>, room: Arc<str>, req: JoinReq) {
-        if !io.cmd_ready() {
+        if !io.room_ready(&room) {
             return refuse_join(io, room, req, ErrorCode::Unavailable, UNAVAILABLE);
         }
         let r = self.room(&room);

@@ -42,6 +42,7 @@ pub mod joins;
 pub mod nodes;
 pub mod rooms;
 pub mod scripts;
+pub mod topology;
 pub mod users;
 pub mod wire;
 

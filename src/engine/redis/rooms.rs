@@ -665,17 +665,21 @@ impl NodeRooms {
         } else {
             r.typing.remove(&user).is_some()
         };
-        if changed && io.cmd_ready() {
+        if changed && io.room_ready(&room) {
             publish_typing(io, &room, &user, typing);
         }
     }
 
     // ---- connection loss ------------------------------------------------
 
-    /// The pub/sub connection was lost: every room must resubscribe, and
-    /// what was delivered is only a lower bound now.
-    pub fn on_sub_lost(&mut self, io: &mut Io<'_>) {
-        for r in self.rooms.values_mut() {
+    /// A pub/sub connection was lost (or a room's sharded subscription was
+    /// dropped by Redis): the rooms `on` says (by name) must resubscribe,
+    /// and what was delivered is only a lower bound now.
+    pub fn on_sub_lost(&mut self, io: &mut Io<'_>, on: &dyn Fn(&str) -> bool) {
+        for (name, r) in self.rooms.iter_mut() {
+            if !on(name) {
+                continue;
+            }
             Self::release_acks(io, r, true);
             r.sub = Sub::None;
             if let Pos::Known { epoch, last } = r.pos.clone() {
@@ -686,11 +690,16 @@ impl NodeRooms {
         }
     }
 
-    /// The pub/sub connection is back: resubscribes the rooms still needed
-    /// (positions are fetched as the confirmations arrive).
-    pub fn resubscribe(&mut self, io: &mut Io<'_>) {
+    /// A pub/sub connection is back (or the slot map moved rooms): the
+    /// rooms `on` says that are still needed subscribe again (positions
+    /// are fetched as the confirmations arrive); with `lost_only`, only
+    /// those without a confirmed one.
+    pub fn resubscribe(&mut self, io: &mut Io<'_>, on: &dyn Fn(&str) -> bool, lost_only: bool) {
         let mut gone = Vec::new();
         for (name, r) in self.rooms.iter_mut() {
+            if !on(name) || (lost_only && r.sub == Sub::Active) {
+                continue;
+            }
             if !r.needed() {
                 gone.push(name.clone());
                 continue;
@@ -701,6 +710,17 @@ impl NodeRooms {
         for room in gone {
             self.rooms.remove(&room);
         }
+    }
+
+    /// Whether the room is kept here and has lost its subscription (or
+    /// never had one).
+    pub fn unsubscribed(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.sub == Sub::None)
+    }
+
+    /// Names of the rooms kept here.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.rooms.keys().cloned().collect()
     }
 
     /// This node's members per room, for reconciling Redis after a
@@ -750,7 +770,7 @@ fn deliver_all(io: &mut Io<'_>, room: &Arc<str>, r: &NodeRoom, frame: Bytes, at_
 
 /// Reads `from..=to` of the room's stream, unless a read is out already.
 pub(super) fn request_fill(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom, from: u64, to: u64) {
-    if r.filling || from > to || !io.cmd_ready() {
+    if r.filling || from > to || !io.room_ready(room) {
         return;
     }
     r.filling = true;
@@ -764,7 +784,7 @@ pub(super) fn request_fill(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom, f
 }
 
 pub(super) fn fetch_position(io: &mut Io<'_>, room: &Arc<str>, r: &mut NodeRoom) {
-    if r.fetching || !io.cmd_ready() {
+    if r.fetching || !io.room_ready(room) {
         return;
     }
     r.fetching = true;
@@ -801,7 +821,9 @@ pub(super) fn send_leave(io: &mut Io<'_>, room: &str, user: &str) {
 fn publish_typing(io: &mut Io<'_>, room: &str, user: &str, typing: bool) {
     let frame = replies::typing_frame(room, user, typing);
     let payload = super::wire::except_payload(user, crate::frame::payload(&frame));
-    let cmd = redis::cmd("PUBLISH")
+    let cmd = io
+        .keys
+        .publish_cmd()
         .arg(io.keys.room_channel(room))
         .arg(payload)
         .to_owned();

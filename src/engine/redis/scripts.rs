@@ -40,15 +40,31 @@ use redis::Script;
 pub struct Keys {
     prefix: String,
     node: String,
+    /// Redis Cluster: channels are sharded (SPUBLISH / SSUBSCRIBE), and
+    /// the node and broadcast channels carry a hash tag too.
+    sharded: bool,
 }
 
 impl Keys {
-    /// Names for `node` under `prefix`.
-    pub fn new(prefix: &str, node: &str) -> Keys {
+    /// Names for `node` under `prefix` (`sharded`: Redis Cluster).
+    pub fn new(prefix: &str, node: &str, sharded: bool) -> Keys {
         Keys {
             prefix: prefix.to_string(),
             node: node.to_string(),
+            sharded,
         }
+    }
+
+    /// Whether channels are sharded (Redis Cluster).
+    pub fn sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// The command that publishes on a channel: `SPUBLISH` on a cluster
+    /// (the message stays in the shard that owns the channel's slot),
+    /// `PUBLISH` on one Redis.
+    pub fn publish_cmd(&self) -> redis::Cmd {
+        redis::cmd(if self.sharded { "SPUBLISH" } else { "PUBLISH" })
     }
 
     /// This node's name.
@@ -81,9 +97,13 @@ impl Keys {
         format!("{}:node:{node}:{part}", self.prefix)
     }
 
-    /// A node's channel `P:node:<node>`.
+    /// A node's channel `P:node:<node>` (`P:node:{<node>}` on a cluster).
     pub fn node_channel(&self, node: &str) -> String {
-        format!("{}:node:{node}", self.prefix)
+        if self.sharded {
+            format!("{}:node:{{{node}}}", self.prefix)
+        } else {
+            format!("{}:node:{node}", self.prefix)
+        }
     }
 
     /// The key and channel prefix.
@@ -91,9 +111,13 @@ impl Keys {
         &self.prefix
     }
 
-    /// The broadcast channel.
+    /// The broadcast channel (`P:bcast`; `P:{bcast}` on a cluster).
     pub fn bcast(&self) -> String {
-        format!("{}:bcast", self.prefix)
+        if self.sharded {
+            format!("{}:{{bcast}}", self.prefix)
+        } else {
+            format!("{}:bcast", self.prefix)
+        }
     }
 
     /// The node registry (zset) and its stats hash.
@@ -621,6 +645,15 @@ pub struct Scripts {
 
 impl Default for Scripts {
     fn default() -> Self {
+        Scripts::new(false)
+    }
+}
+
+impl Scripts {
+    /// The scripts; `sharded` (Redis Cluster): they publish with
+    /// `SPUBLISH`, on channels that share the hash tag of the keys they
+    /// touch, so a script stays inside one slot.
+    pub fn new(sharded: bool) -> Self {
         let bodies = [
             PUBLISH,
             JOIN,
@@ -638,7 +671,14 @@ impl Default for Scripts {
         ];
         let sources: Vec<String> = bodies
             .iter()
-            .map(|body| format!("{LUA_HELPERS}\n{body}"))
+            .map(|body| {
+                let src = format!("{LUA_HELPERS}\n{body}");
+                if sharded {
+                    src.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+                } else {
+                    src
+                }
+            })
             .collect();
         let s = |i: usize| Script::new(&sources[i]);
         Scripts {
@@ -666,7 +706,7 @@ mod tests {
 
     #[test]
     fn keys_share_a_tag_per_room_and_classify_channels() {
-        let k = Keys::new("cc", "n1");
+        let k = Keys::new("cc", "n1", false);
         assert_eq!(k.room("team:1", "m"), "cc:r:{team:1}:m");
         assert_eq!(k.room_node("team:1", "n1"), "cc:r:{team:1}:n:n1");
         assert_eq!(k.room_channel("team:1"), "cc:r:{team:1}");
@@ -675,5 +715,24 @@ mod tests {
         assert_eq!(k.classify(b"cc:u:{ann}"), Channel::User("ann"));
         assert_eq!(k.classify(b"cc:node:n1"), Channel::Other);
         assert_eq!(k.classify(b"xx:r:{a}"), Channel::Other);
+        let c = Keys::new("cc", "n1", true);
+        assert_eq!(c.node_channel("n1"), "cc:node:{n1}");
+        assert_eq!(c.bcast(), "cc:{bcast}");
+        assert_eq!(c.classify(b"cc:node:{n1}"), Channel::Other);
+        assert_eq!(c.classify(b"cc:{bcast}"), Channel::Other);
+    }
+
+    #[test]
+    fn sharded_scripts_publish_in_their_shard() {
+        let plain = Scripts::new(false);
+        let sharded = Scripts::new(true);
+        for (a, b) in plain.sources.iter().zip(&sharded.sources) {
+            assert!(!b.contains("redis.call('PUBLISH'"));
+            assert_eq!(
+                a.matches("redis.call('PUBLISH'").count(),
+                b.matches("redis.call('SPUBLISH'").count()
+            );
+        }
+        assert!(sharded.sources.iter().any(|s| s.contains("SPUBLISH")));
     }
 }

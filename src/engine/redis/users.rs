@@ -358,11 +358,20 @@ impl NodeUsers {
         }
     }
 
-    /// The pub/sub connection is back: the users' channels again.
-    pub fn resubscribe(&mut self, io: &mut Io<'_>) {
+    /// A pub/sub connection is back (or the slot map moved users): the
+    /// channels of the users `on` says (by channel) again.
+    pub fn resubscribe(&mut self, io: &mut Io<'_>, on: &dyn Fn(&str) -> bool) {
         for u in &self.subscribed {
-            io.subscribe(io.keys.user(u));
+            let channel = io.keys.user(u);
+            if on(&channel) {
+                io.subscribe(channel);
+            }
         }
+    }
+
+    /// The users whose channel this node subscribes to, as channels.
+    pub fn channels(&self, keys: &super::scripts::Keys) -> Vec<String> {
+        self.subscribed.iter().map(|u| keys.user(u)).collect()
     }
 
     /// Local connection counts per user, with the grace token of users
@@ -418,7 +427,9 @@ fn publish_presence_nonce(io: &mut Io<'_>, user: &str, status: Status, rooms: &[
     let mut payload = b"p".to_vec();
     payload.extend_from_slice(&serde_json::to_vec(&m).expect("plain struct"));
     for r in rooms {
-        let c = redis::cmd("PUBLISH")
+        let c = io
+            .keys
+            .publish_cmd()
             .arg(io.keys.room_channel(r))
             .arg(&payload)
             .to_owned();
