@@ -35,6 +35,17 @@ fn channel(room: &str) -> String {
     format!("cc:r:{{{room}}}")
 }
 
+/// Sharded subscribers of `channel` on `node` (`PUBSUB SHARDNUMSUB`).
+fn shard_subscribers(node: &RedisServer, channel: &str) -> i64 {
+    match node.cmd(&["PUBSUB", "SHARDNUMSUB", channel]) {
+        redis::Value::Array(v) => match v.get(1) {
+            Some(redis::Value::Int(k)) => *k,
+            other => panic!("SHARDNUMSUB {other:?}"),
+        },
+        other => panic!("SHARDNUMSUB {other:?}"),
+    }
+}
+
 /// Reads until `want` messages per room and `acks` acks arrived; returns
 /// the seqs per room in arrival order and the acks (id → seq).
 fn collect(
@@ -106,13 +117,7 @@ fn rooms_on_every_master_keep_one_order_across_nodes_and_recover() {
     for r in &names {
         let owner = cluster.master_of(&channel(r));
         for n in cluster.nodes.iter() {
-            let subs = match n.cmd(&["PUBSUB", "SHARDNUMSUB", &channel(r)]) {
-                redis::Value::Array(v) => match v.get(1) {
-                    Some(redis::Value::Int(k)) => *k,
-                    other => panic!("SHARDNUMSUB {other:?}"),
-                },
-                other => panic!("SHARDNUMSUB {other:?}"),
-            };
+            let subs = shard_subscribers(n, &channel(r));
             let expect = if n.port == owner.port { 2 } else { 0 };
             assert_eq!(subs, expect, "{r} on :{} (owner :{})", n.port, owner.port);
         }
@@ -198,10 +203,23 @@ fn a_failover_mid_stream_loses_no_acknowledged_message() {
     let mut acked = Vec::new();
     let mut failed = 0;
     let started = Instant::now();
-    for i in 0..300u32 {
+    // 100 publishes, then a coordinated failover (the replica takes over
+    // the slots) while publishing goes on, until 150 more were acked after
+    // the switch was visible.
+    let mut switched_at: Option<usize> = None;
+    for i in 0..5000u32 {
         if i == 100 {
-            // A coordinated failover: the replica takes over the slots.
             replica.cmd(&["CLUSTER", "FAILOVER"]);
+        }
+        if i > 100
+            && switched_at.is_none()
+            && i % 10 == 0
+            && cluster.master_of(&channel(room)).port != old_master
+        {
+            switched_at = Some(acked.len());
+        }
+        if switched_at.is_some_and(|at| acked.len() >= at + 150) {
+            break;
         }
         publisher.send(json!({"type":"publish","id":format!("p{i}"),"room":room,"data":{"i":i}}));
         loop {
@@ -229,6 +247,17 @@ fn a_failover_mid_stream_loses_no_acknowledged_message() {
         cluster.master_of(&channel(room)).port,
         old_master,
         "the replica took over"
+    );
+    // Both nodes subscribed the room's channel on the new master (the old
+    // one, now a replica, would still pass its messages on: Redis
+    // propagates sharded messages to a shard's replicas).
+    let new_master = cluster.master_of(&channel(room));
+    assert!(
+        eventually(Duration::from_secs(10), || shard_subscribers(
+            new_master,
+            &channel(room)
+        ) == 2),
+        "the nodes resubscribed on the new master"
     );
     assert!(acked.len() > 150, "acked {} (failed {failed})", acked.len());
     eprintln!("acked {}, unavailable {failed}", acked.len());

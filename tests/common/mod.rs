@@ -732,10 +732,21 @@ impl RedisCluster {
                     Ok(redis::Value::VerbatimString { text, .. }) => text,
                     _ => return false,
                 };
+                // A replica counts once it is in sync with its master (a
+                // manual failover before that does not happen).
+                let repl = match n.try_cmd(&["INFO", "replication"]) {
+                    Ok(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    Ok(redis::Value::VerbatimString { text, .. }) => text,
+                    _ => return false,
+                };
                 info.contains("cluster_state:ok")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
             })
         });
-        assert!(ok, "the redis cluster did not reach cluster_state:ok");
+        assert!(
+            ok,
+            "the redis cluster did not reach cluster_state:ok with replicas in sync"
+        );
     }
 
     /// The seed URLs, comma-separated (for `CORECAST_CLUSTER__REDIS`).

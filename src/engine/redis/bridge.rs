@@ -118,6 +118,9 @@ pub struct Bridge {
     /// until then `/health` says down, or a broadcast or direct message
     /// sent at once would miss this node.
     base_subscribed: bool,
+    /// Redis confirmed the node channel's subscription (on a cluster it is
+    /// on another master than the broadcast channel, as a rule).
+    node_subscribed: bool,
     /// Redis dropped a sharded subscription of the base channels or a
     /// user's: subscribe them again once the slot map is read.
     resubscribe_pending: bool,
@@ -205,6 +208,7 @@ pub fn spawn(
         probe: None,
         probe_n: 0,
         base_subscribed: false,
+        node_subscribed: false,
         resubscribe_pending: false,
         stopping: false,
         values: Vec::new(),
@@ -373,7 +377,7 @@ impl Bridge {
             .iter()
             .filter(|s| !s.retired)
             .all(|s| s.cmd.ready() && s.sub.ready());
-        let down = !(self.mapped() && all && self.base_subscribed);
+        let down = !(self.mapped() && all && self.base_subscribed && self.node_subscribed);
         self.shared.redis_down.store(down, Ordering::Relaxed);
     }
 
@@ -473,6 +477,19 @@ impl Bridge {
                 }
             })
             .collect();
+        // Masters no longer in the map (or seeds that are not masters) are
+        // retired, whether or not the slots moved.
+        for i in 0..self.shards.len() {
+            if !self.shards[i].retired && !index.contains(&(i as u16)) {
+                let m = &self.shards[i].master;
+                info!(master = %format!("{}:{}", m.host, m.port), "redis cluster: not a master any more");
+                self.shards[i].retired = true;
+                self.shards[i].cmd.reset(now, "retired");
+                self.shards[i].sub.reset(now, "retired");
+                self.cmd_lost(now, i, "redis cluster: a master was retired");
+                self.shards[i].subs.clear();
+            }
+        }
         if owner == self.route.owner {
             self.after_topology(now, false);
             return;
@@ -485,23 +502,15 @@ impl Bridge {
             },
         );
         let first = old.owner.is_empty();
-        for i in 0..self.shards.len() {
-            if !self.shards[i].retired && !index.contains(&(i as u16)) {
-                let m = &self.shards[i].master;
-                info!(master = %format!("{}:{}", m.host, m.port), "redis cluster: not a master any more");
-                self.shards[i].retired = true;
-                self.shards[i].cmd.reset(now, "retired");
-                self.shards[i].sub.reset(now, "retired");
-                self.cmd_lost(now, i, "redis cluster: a master was retired");
-                self.shards[i].subs.clear();
-            }
-        }
         if !first {
             let new = self.route.clone();
             let moved = |ch: &str| old.shard_of(ch.as_bytes()) != new.shard_of(ch.as_bytes());
             let keys = self.keys.clone();
-            if moved(&keys.bcast()) || moved(&keys.node_channel(keys.node())) {
+            if moved(&keys.bcast()) {
                 self.base_subscribed = false;
+            }
+            if moved(&keys.node_channel(keys.node())) {
+                self.node_subscribed = false;
                 self.probe = None;
             }
             let (mut io, rooms, _, _) = self.io(now);
@@ -515,9 +524,7 @@ impl Bridge {
     fn resubscribe_moved(&mut self, now: u64, old: &Route) {
         let route = self.route.clone();
         let moved = |ch: &str| old.shard_of(ch.as_bytes()) != route.shard_of(ch.as_bytes());
-        if !self.base_subscribed {
-            self.subscribe_base();
-        }
+        self.subscribe_base();
         let (mut io, _, users, _) = self.io(now);
         users.resubscribe(&mut io, &moved);
     }
@@ -527,9 +534,7 @@ impl Bridge {
     /// puts this node's state into Redis.
     fn after_topology(&mut self, now: u64, first: bool) {
         if std::mem::take(&mut self.resubscribe_pending) && !first {
-            if !self.base_subscribed {
-                self.subscribe_base();
-            }
+            self.subscribe_base();
             let (mut io, _, users, _) = self.io(now);
             users.resubscribe(&mut io, &|_| true);
         }
@@ -552,13 +557,16 @@ impl Bridge {
         self.update_health();
     }
 
-    /// Subscribes the node's own channel and the broadcast channel (the
-    /// node channel first: a confirmed broadcast subscription then means
-    /// both are in place).
+    /// Subscribes the node's own channel and the broadcast channel, each
+    /// unless Redis confirmed it already (the node channel first).
     fn subscribe_base(&mut self) {
         let node_channel = self.keys.node_channel(self.keys.node());
         let bcast = self.keys.bcast();
-        for ch in [node_channel, bcast] {
+        let todo = [
+            (!self.node_subscribed).then_some(node_channel),
+            (!self.base_subscribed).then_some(bcast),
+        ];
+        for ch in todo.into_iter().flatten() {
             if let Some(s) = self.shard_of(&ch).and_then(|i| self.shards.get_mut(i))
                 && s.sub.ready()
             {
@@ -602,6 +610,9 @@ impl Bridge {
     fn dispatch_replies(&mut self, i: usize, now: u64) {
         let values = std::mem::take(&mut self.values);
         for v in values.into_iter() {
+            if self.shards[i].retired {
+                break; // retired by a reply just handled: the rest is moot
+            }
             let Some((want, _)) = self.shards[i].fifo.pop_front() else {
                 warn!("redis reply without a command; connection reset");
                 self.shards[i].cmd.reset(now, "unexpected reply");
@@ -674,7 +685,7 @@ impl Bridge {
         let mut values = std::mem::take(&mut self.values);
         let progress = self.shards[i].sub.on_event(now, &mut values);
         for v in values.drain(..) {
-            self.on_push(now, v);
+            self.on_push(now, i, v);
         }
         self.values = values;
         match progress {
@@ -689,6 +700,9 @@ impl Bridge {
                 let here = move |ch: &str| route.shard_of(ch.as_bytes()) == Some(i);
                 if here(&keys.bcast()) {
                     self.base_subscribed = false;
+                }
+                if here(&keys.node_channel(keys.node())) {
+                    self.node_subscribed = false;
                 }
                 self.update_health();
                 self.subscribe_base();
@@ -715,6 +729,7 @@ impl Bridge {
             self.base_subscribed = false;
         }
         if here(&keys.node_channel(keys.node())) {
+            self.node_subscribed = false;
             self.probe = None;
         }
         self.update_health();
@@ -730,7 +745,7 @@ impl Bridge {
     /// A message or confirmation on a pub/sub connection (`message` and
     /// `subscribe` from one Redis, `smessage`, `ssubscribe` and
     /// `sunsubscribe` from a cluster's sharded channels).
-    fn on_push(&mut self, now: u64, v: Value) {
+    fn on_push(&mut self, now: u64, shard: usize, v: Value) {
         let mut parts = match v {
             Value::Array(a) => a.into_iter(),
             Value::ServerError(e) => {
@@ -749,7 +764,13 @@ impl Bridge {
         else {
             return;
         };
+        // A confirmation or end of a subscription counts only from the
+        // shard the channel is routed to now: a late one from a master that
+        // lost the slot must not confirm (or end) the subscription on the
+        // new one.
+        let current = self.route.shard_of(&channel) == Some(shard);
         match kind.as_slice() {
+            b"subscribe" | b"ssubscribe" | b"sunsubscribe" if !current => {}
             b"message" | b"smessage" => {
                 if let Some(Value::BulkString(payload)) = parts.next() {
                     self.on_message(now, &channel, &payload);
@@ -758,6 +779,10 @@ impl Bridge {
             b"subscribe" | b"ssubscribe" => {
                 if channel == self.keys.bcast().as_bytes() {
                     self.base_subscribed = true;
+                    self.update_health();
+                }
+                if channel == self.keys.node_channel(self.keys.node()).as_bytes() {
+                    self.node_subscribed = true;
                     self.update_health();
                 }
                 if let Channel::Room(room) = self.keys.classify(&channel) {
@@ -787,12 +812,16 @@ impl Bridge {
                 rooms.on_sub_lost(&mut io, &|name| name == room);
                 true
             }
-            Channel::User(_) => true,
+            // Only a user this node still follows (its own unsubscribe of
+            // a user who went offline here ends the same way).
+            Channel::User(user) => self.users.follows(user),
             Channel::Other => {
-                if channel == self.keys.bcast().as_bytes()
-                    || channel == self.keys.node_channel(self.keys.node()).as_bytes()
-                {
+                if channel == self.keys.bcast().as_bytes() {
                     self.base_subscribed = false;
+                    self.update_health();
+                    true
+                } else if channel == self.keys.node_channel(self.keys.node()).as_bytes() {
+                    self.node_subscribed = false;
                     self.probe = None;
                     self.update_health();
                     true
@@ -1064,6 +1093,9 @@ impl Bridge {
                     // refused, a read retried) and the map is read again.
                     debug!(error = ?e, "redis cluster redirection");
                     self.topology_wanted = true;
+                    // What this node wrote may be missing in Redis now:
+                    // reconcile once the map is read and the queues drain.
+                    self.dropped = true;
                     return self.failed.push(want);
                 }
                 _ => {}
@@ -1327,7 +1359,9 @@ impl Bridge {
         c.arg(&node).arg(NODE_TTL_MS).arg(stats);
         io.call(&c, Want::Heartbeat);
         if probe {
-            let c = redis::cmd("PUBLISH")
+            let c = io
+                .keys
+                .publish_cmd()
                 .arg(io.keys.node_channel(&node))
                 .arg(format!("k{probe_n}"))
                 .to_owned();
@@ -1367,7 +1401,7 @@ impl Bridge {
         let drained = self
             .shards
             .iter()
-            .all(|s| s.retired || s.fifo.len() < MAX_IN_FLIGHT / 2);
+            .all(|s| s.retired || (s.cmd.ready() && s.fifo.len() < MAX_IN_FLIGHT / 2));
         if self.dropped && drained && self.mapped() {
             // Commands were dropped while the queue was full: make Redis
             // match this node again.

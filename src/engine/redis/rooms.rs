@@ -701,7 +701,11 @@ impl NodeRooms {
                 continue;
             }
             if !r.needed() {
-                gone.push(name.clone());
+                // On a fresh connection nothing is subscribed: forget it.
+                // On a live one it may be: the tick's linger unsubscribes.
+                if !lost_only {
+                    gone.push(name.clone());
+                }
                 continue;
             }
             r.sub = Sub::Pending;

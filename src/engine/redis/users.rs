@@ -369,9 +369,9 @@ impl NodeUsers {
         }
     }
 
-    /// The users whose channel this node subscribes to, as channels.
-    pub fn channels(&self, keys: &super::scripts::Keys) -> Vec<String> {
-        self.subscribed.iter().map(|u| keys.user(u)).collect()
+    /// Whether this node follows `user`'s channel.
+    pub fn follows(&self, user: &str) -> bool {
+        self.subscribed.contains(user)
     }
 
     /// Local connection counts per user, with the grace token of users
