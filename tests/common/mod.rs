@@ -427,8 +427,14 @@ impl ChildServer {
     /// Starts `corecast` with `env` variables (CORECAST_LISTEN defaults to a
     /// free port) and waits until it logs that it listens.
     pub fn start(env: &[(&str, &str)]) -> ChildServer {
+        ChildServer::start_with_args(&[], env)
+    }
+
+    /// [`ChildServer::start`] with command-line arguments (`--config FILE`).
+    pub fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> ChildServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("CORECAST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
