@@ -437,3 +437,63 @@ fn an_offline_check_redis_missed_runs_when_it_is_back() {
     );
     drop(w);
 }
+
+#[test]
+fn redis_full_refuses_publishes_and_keeps_the_room_and_its_history() {
+    // `maxmemory` with `noeviction` (what deploy/README.md advises): once
+    // Redis is full a publish is refused (`unavailable`), never acked under
+    // a new epoch with the room's history thrown away.
+    let redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        "3mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]);
+    let mut e = env();
+    e.push(("CORECAST_HISTORY__SIZE", "10000"));
+    let n1 = cluster_node(&redis, &e);
+    let (mut c, _) = Client::connect_welcome(&n1.url("/ws"));
+    let ack = c.ask(json!({"type":"join","room":"full"}));
+    let epoch = ack["epoch"].as_str().unwrap().to_string();
+    let body = "x".repeat(1000);
+    let mut acked = Vec::new();
+    let mut refused = false;
+    for _ in 0..20_000 {
+        let v = c.ask(json!({"type":"publish","room":"full","data":{"b":body}}));
+        if v["type"] == "ack" {
+            acked.push(v["seq"].as_u64().unwrap());
+        } else {
+            assert_eq!(v["code"], "unavailable", "{v}");
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "Redis never filled up ({} acked)", acked.len());
+    // A room that started over would count from 1 again.
+    assert_eq!(
+        acked,
+        (1..=acked.len() as u64).collect::<Vec<_>>(),
+        "contiguous seqs"
+    );
+    // The room's history is still there, up to the last acked message.
+    let h = c.ask(json!({"type":"history","room":"full","limit":5}));
+    let last = h["messages"]
+        .as_array()
+        .and_then(|m| m.iter().filter_map(|e| e["seq"].as_u64()).max());
+    assert_eq!(last, acked.last().copied(), "{h}");
+    let epochs: BTreeSet<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["epoch"].as_str())
+        .collect();
+    assert_eq!(
+        epochs,
+        BTreeSet::from([epoch.as_str()]),
+        "the room's epoch is kept"
+    );
+}

@@ -314,6 +314,7 @@ local function forget_keys(kk, kq, seq)
   if #gone > 0 then redis.call('HDEL', kk, unpack(gone)) end
 end
 local a = 5
+local stop = false
 for r = 0, #KEYS / 5 - 1 do
   local m, h = KEYS[5 * r + 1], KEYS[5 * r + 2]
   local kk, kq = KEYS[5 * r + 4], KEYS[5 * r + 5]
@@ -355,6 +356,15 @@ for r = 0, #KEYS / 5 - 1 do
       seq = seq + 1
       local ev = head .. seq .. mid .. tail
       local added = redis.pcall('XADD', h, seq .. '-0', 'd', ev)
+      if type(added) == 'table' and added.err
+        and not string.find(added.err, 'equal or smaller', 1, true) then
+        -- Not a position problem (OOM at maxmemory, say): this message and
+        -- the rest of the batch are not sequenced (their acks become
+        -- `unavailable`); what is done so far stays.
+        seq = seq - 1
+        stop = true
+        break
+      end
       if type(added) == 'table' and added.err then
         -- The stream is ahead of the room's seq (keys evicted or edited): the
         -- room starts over under a new epoch rather than reuse a position.
@@ -387,6 +397,12 @@ for r = 0, #KEYS / 5 - 1 do
       redis.call('PUBLISH', channel, ev)
       out[#out + 1] = seq
     end
+  end
+  if stop then
+    -- Under OOM only what frees or keeps memory may run; the seq must
+    -- still be written for the messages that were.
+    redis.pcall('HSET', m, 's', seq)
+    return out
   end
   redis.call('HSET', m, 's', seq)
   redis.call('PEXPIRE', h, ttl)
