@@ -171,6 +171,33 @@ fn reach_needs_a_rate() {
 }
 
 #[test]
+fn fanout_with_a_token_against_a_server_that_requires_one() {
+    // Anonymous connections are refused here: the run completes only if
+    // every connection carries the token.
+    let s = TestServer::with_auth(|c| {
+        c.limits.rate_per_sec = 1e9;
+        c.limits.rate_burst = 1e9;
+    });
+    let t = token("bench", |_| {});
+    let v = load(
+        &s,
+        &[
+            "fanout",
+            "--members",
+            "20",
+            "--rate",
+            "50",
+            "--procs",
+            "2",
+            "--token",
+            &t,
+        ],
+    );
+    assert_eq!(v["open_after_setup"], 21, "{v:#}");
+    assert_eq!(v["missing"], 0);
+}
+
+#[test]
 fn echo_at_a_fixed_rate_completes_within_its_rate() {
     let s = unlimited();
     let v = load(

@@ -138,6 +138,12 @@ struct Args {
     /// the JavaScript client does), to measure the cost of remembering them.
     #[arg(long)]
     keys: bool,
+    /// A token for /ws (sent as `?token=`; fan-out, idle, connect): every
+    /// connection is then that one user. The server announces `joined`,
+    /// `left` and presence per user, so N members that are N users cost
+    /// about N²/2 `joined` frames while they join; one user costs one.
+    #[arg(long, value_name = "JWT")]
+    token: Option<String>,
     /// Fan-out: per publish, the time until the last member of its room
     /// (over all processes) received it; needs --rate (at most 10 000
     /// publishes in the run). Space the publishes so they do not overlap.
@@ -264,6 +270,9 @@ fn validate(a: &Args) -> Result<(), String> {
     if a.scenario == Scenario::Fanout && (a.rooms == 0 || a.publishers == 0) {
         return Err("fan-out needs at least one room and one publisher".into());
     }
+    if a.token.is_some() && matches!(a.scenario, Scenario::Echo | Scenario::Recovery) {
+        return Err("--token is for fan-out, idle and connect (/ws)".into());
+    }
     if a.reach {
         if a.scenario != Scenario::Fanout || a.rate == 0.0 {
             return Err("--reach is for fan-out with --rate".into());
@@ -305,7 +314,7 @@ fn args_json(a: &Args) -> serde_json::Value {
         "addr": a.addr, "threads": a.threads, "procs": a.procs,
         "duration": a.duration, "warmup": a.warmup, "conns": a.conns,
         "size": a.size, "inflight": a.inflight, "rooms": a.rooms, "keys": a.keys,
-        "reach": a.reach,
+        "reach": a.reach, "token": a.token.is_some(),
         "members": a.members, "publishers": a.publishers, "rate": a.rate,
         "missed": a.missed, "drain": a.drain, "perf_syscalls": a.perf_syscalls,
         "tls": a.tls || a.tls_ca.is_some(), "tls_verify": a.tls_ca.is_some(),
@@ -379,6 +388,7 @@ fn plans(
                 rate_per_sender,
                 keys: a.keys,
                 reach: a.reach,
+                token: a.token.clone(),
                 rooms: a.rooms,
                 offset: w * 7919,
                 drain: Duration::from_secs_f64(a.drain),

@@ -156,6 +156,8 @@ pub struct Plan {
     /// Fan-out: record, per publish, when the last of this worker's
     /// members received it (`--reach`).
     pub reach: bool,
+    /// `--token`: sent as `?token=` on every `/ws` upgrade.
+    pub token: Option<String>,
     /// Number of rooms (fan-out).
     pub rooms: usize,
     /// Connection index offset (source address spreading).
@@ -766,8 +768,12 @@ impl Worker {
                 if c.stream.tcp.peer_addr().is_err() {
                     return; // not connected yet
                 }
+                let query = match &self.plan.token {
+                    Some(t) if c.path == "/ws" => format!("?token={t}"),
+                    _ => String::new(),
+                };
                 let req = format!(
-                    "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                    "GET {}{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                     c.path, self.plan.addrs[0].1
                 );
                 c.phase = Phase::Handshake {
