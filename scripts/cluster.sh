@@ -238,7 +238,7 @@ bench() {
         # Again half-way through the measured window: still held, publishing.
         local mid_ms
         mid_ms=$(awk -v now="$(date +%s.%N)" -v w="$warmup" -v d="$duration" \
-            'BEGIN { printf "%d", (now + w + d / 2) * 1000 }')
+            'BEGIN { printf "%.0f", (now + w + d / 2) * 1000 }')
         while [ "$(date +%s%3N)" -lt "$mid_ms" ] && kill -0 "$LOAD_PID" 2>/dev/null; do
             sleep 0.2
         done

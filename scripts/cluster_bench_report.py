@@ -94,6 +94,14 @@ for k, src in (("machine", "machine_cpu"), ("nodes_redis", "server_cpu"), ("gene
     v = load.get(src) or {}
     win[k] = v.get("cores_busy")
 win["other"] = (load.get("machine_cpu") or {}).get("other_cores_busy")
+# CPU per delivery in the window: the nodes (and Redis, next to nothing
+# here: one script call and one PUBLISH per message) and the generator.
+ops = load.get("ops") or 0
+sc, gc = load.get("server_cpu") or {}, load.get("generator_cpu") or {}
+win["nodes_us_per_delivery"] = ({"user": sc["user_s"] * 1e6 / ops, "sys": sc["sys_s"] * 1e6 / ops}
+                                if sc and ops else None)
+win["generator_us_per_delivery"] = ({"user": gc["user_s"] * 1e6 / ops, "sys": gc["sys_s"] * 1e6 / ops}
+                                    if gc and ops else None)
 res["window_cores"] = win
 
 reach = load.get("reach_us") or {}
@@ -134,6 +142,9 @@ if res.get("setup"):
           f"nodes + Redis {f(s['nodes_redis'])}, generator {f(s['generator'])}, other processes {f(s['other'])}")
 print(f"   window: cores busy: machine {f(win['machine'])}, nodes + Redis {f(win['nodes_redis'])}, "
       f"generator {f(win['generator'])}, other processes {f(win['other'])}")
+for who, k in (("nodes + Redis", "nodes_us_per_delivery"), ("generator", "generator_us_per_delivery")):
+    if win[k]:
+        print(f"   {who}: {f(win[k]['user'])} us user + {f(win[k]['sys'])} us sys per delivery")
 print(f"   publish -> last member: p50 {f(reach.get('p50'), 0)} us, p90 {f(reach.get('p90'), 0)} us, "
       f"max {f(reach.get('max'), 0)} us over {reach.get('publishes')} publishes "
       f"({reach.get('incomplete')} incomplete), one every {spacing_us / 1000:.0f} ms"
