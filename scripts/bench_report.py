@@ -757,11 +757,13 @@ if os.path.exists(cluster):
     new["cluster"] = open(cluster).read().strip("\n")
 
 # The TLS section (plain ws against wss, from scripts/bench_tls.sh), the
-# advice on the dial and the io_uring experiment's section are written by
-# hand into the report: carried over from the previous one.
+# advice on the dial, the 50 000-connection run (scripts/cluster.sh bench)
+# and the io_uring experiment's section are written by hand into the
+# report: carried over from the previous one.
 
 ORDER = (["header", "setup"] + [f"case:{c}" for c, _, _ in CASES] + [c for c, *_ in CURVES]
-         + ["dial", "dial-advice", "modes", "targets", "notes", "cluster", "tls", "uring", "raw"])
+         + ["dial", "dial-advice", "modes", "targets", "notes", "cluster", "conns", "tls", "uring",
+            "raw"])
 parts = []
 for name in ORDER:
     text = new.get(name) or old.get(name)

@@ -128,6 +128,76 @@ fn fanout_at_a_fixed_rate_over_two_processes() {
 }
 
 #[test]
+fn fanout_reach_times_each_publish_to_its_last_member_over_two_processes() {
+    let s = unlimited();
+    let v = load(
+        &s,
+        &[
+            "fanout",
+            "--rooms",
+            "2",
+            "--members",
+            "10",
+            "--publishers",
+            "2",
+            "--rate",
+            "20",
+            "--reach",
+            "--procs",
+            "2",
+        ],
+    );
+    let r = &v["reach_us"];
+    // ~20 publishes in the 1 s window, each counted once though its
+    // members are spread over two processes, and each reached all of them.
+    let publishes = r["publishes"].as_u64().unwrap();
+    assert!((5..=40).contains(&publishes), "{v:#}");
+    assert_eq!(r["incomplete"], 0, "{v:#}");
+    assert_eq!(r["times"].as_array().unwrap().len() as u64, publishes);
+    let (p50, max) = (r["p50"].as_u64().unwrap(), r["max"].as_u64().unwrap());
+    assert!(0 < p50 && p50 <= max, "{v:#}");
+    // The last member of a publish is no earlier than a typical delivery.
+    assert!(max >= v["latency_us"]["p50"].as_u64().unwrap(), "{v:#}");
+}
+
+#[test]
+fn reach_needs_a_rate() {
+    let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
+        .args(["fanout", "--reach"])
+        .output()
+        .expect("run corecast-load");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
+}
+
+#[test]
+fn fanout_with_a_token_against_a_server_that_requires_one() {
+    // Anonymous connections are refused here: the run completes only if
+    // every connection carries the token.
+    let s = TestServer::with_auth(|c| {
+        c.limits.rate_per_sec = 1e9;
+        c.limits.rate_burst = 1e9;
+    });
+    let t = token("bench", |_| {});
+    let v = load(
+        &s,
+        &[
+            "fanout",
+            "--members",
+            "20",
+            "--rate",
+            "50",
+            "--procs",
+            "2",
+            "--token",
+            &t,
+        ],
+    );
+    assert_eq!(v["open_after_setup"], 21, "{v:#}");
+    assert_eq!(v["missing"], 0);
+}
+
+#[test]
 fn echo_at_a_fixed_rate_completes_within_its_rate() {
     let s = unlimited();
     let v = load(

@@ -14,6 +14,16 @@
 //! still short, when `--drain` runs out are reported (`unacked`,
 //! `drain_timeouts`) and fail the run (exit 1), like anything missing.
 //!
+//! `--reach` (fan-out, paced with `--rate`) measures, per publish, the
+//! time until the last member of its room received it, over every worker
+//! and process: publish → last delivery, from the publisher's send time
+//! to the moment the last member's read began (wall clock, so it holds
+//! across processes on one machine). Only publishes sent inside the
+//! measured window count; each must have reached every member of its room
+//! or the run fails. Space the publishes (a low `--rate`) so one has
+//! reached everybody before the next leaves, or the figure includes
+//! queueing behind the previous one.
+//!
 //! The server's CPU time over the measured window (user and system, from
 //! `/proc/PID/stat`) is reported per operation when `--server-pid` is given:
 //! the figure that carries over to bigger machines; `--perf-syscalls` adds
@@ -128,6 +138,17 @@ struct Args {
     /// the JavaScript client does), to measure the cost of remembering them.
     #[arg(long)]
     keys: bool,
+    /// A token for /ws (sent as `?token=`; fan-out, idle, connect): every
+    /// connection is then that one user. The server announces `joined`,
+    /// `left` and presence per user, so N members that are N users cost
+    /// about N²/2 `joined` frames while they join; one user costs one.
+    #[arg(long, value_name = "JWT")]
+    token: Option<String>,
+    /// Fan-out: per publish, the time until the last member of its room
+    /// (over all processes) received it; needs --rate (at most 10 000
+    /// publishes in the run). Space the publishes so they do not overlap.
+    #[arg(long)]
+    reach: bool,
     /// Fan-out: seconds to wait after publishing stopped for the last acks
     /// (members then get twice that to receive every acked message); a
     /// timeout is reported and fails the run.
@@ -249,6 +270,18 @@ fn validate(a: &Args) -> Result<(), String> {
     if a.scenario == Scenario::Fanout && (a.rooms == 0 || a.publishers == 0) {
         return Err("fan-out needs at least one room and one publisher".into());
     }
+    if a.token.is_some() && matches!(a.scenario, Scenario::Echo | Scenario::Recovery) {
+        return Err("--token is for fan-out, idle and connect (/ws)".into());
+    }
+    if a.reach {
+        if a.scenario != Scenario::Fanout || a.rate == 0.0 {
+            return Err("--reach is for fan-out with --rate".into());
+        }
+        // Every publish is kept until the end (a few dozen bytes each).
+        if a.rate * (a.warmup + a.duration + a.drain) > 10_000.0 {
+            return Err("--reach keeps every publish: at most 10 000 in the run".into());
+        }
+    }
     Ok(())
 }
 
@@ -281,6 +314,7 @@ fn args_json(a: &Args) -> serde_json::Value {
         "addr": a.addr, "threads": a.threads, "procs": a.procs,
         "duration": a.duration, "warmup": a.warmup, "conns": a.conns,
         "size": a.size, "inflight": a.inflight, "rooms": a.rooms, "keys": a.keys,
+        "reach": a.reach, "token": a.token.is_some(),
         "members": a.members, "publishers": a.publishers, "rate": a.rate,
         "missed": a.missed, "drain": a.drain, "perf_syscalls": a.perf_syscalls,
         "tls": a.tls || a.tls_ca.is_some(), "tls_verify": a.tls_ca.is_some(),
@@ -353,6 +387,8 @@ fn plans(
                 inflight: a.inflight.max(1),
                 rate_per_sender,
                 keys: a.keys,
+                reach: a.reach,
+                token: a.token.clone(),
                 rooms: a.rooms,
                 offset: w * 7919,
                 drain: Duration::from_secs_f64(a.drain),
@@ -422,6 +458,7 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
     let own = || [CpuSample::take(std::process::id()), CpuSample::machine()];
     let mut last_print = Instant::now();
     let mut last_ops = 0;
+    let mut wall = (0, 0);
     let result_window;
     let gen_machine;
     loop {
@@ -431,6 +468,7 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
             perf.enable();
             now = Instant::now();
             shared.measuring.store(true, Ordering::SeqCst);
+            wall.0 = worker::now_us();
             window = Some((
                 now,
                 shared.ops.load(Ordering::Relaxed),
@@ -457,6 +495,7 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
             && now >= *start + dur
         {
             shared.measuring.store(false, Ordering::SeqCst);
+            wall.1 = worker::now_us();
             let cpu1 = CpuSample::take_all(&a.server_pid);
             perf.disable();
             let [gen1, mach1] = own();
@@ -489,6 +528,7 @@ fn run_local(a: &Args, tls: TlsClient) -> Outcome {
         .collect();
     let mut o = Outcome::merge_workers(results);
     o.window_s = result_window.0.as_secs_f64();
+    o.window_wall_us = wall;
     o.ops = result_window.1;
     o.published = result_window.2;
     o.server_cpu = result_window.3;
@@ -619,12 +659,22 @@ fn run_procs(a: &Args) -> Outcome {
         .iter_mut()
         .map(|c| BufReader::new(c.stdout.take().expect("stdout")))
         .collect();
+    let setup_start = Instant::now();
     for r in readers.iter_mut() {
         let mut line = String::new();
         r.read_line(&mut line).expect("shard READY");
         if line.trim() != "READY" {
             eprintln!("corecast-load: a shard failed during setup: {line}");
         }
+    }
+    if !a.quiet {
+        // The shards count their connections at the end; here they are
+        // all open (and joined), or given up on.
+        eprintln!(
+            "[setup] {} processes done with setup in {:.1}s",
+            a.procs,
+            setup_start.elapsed().as_secs_f64()
+        );
     }
     for c in children.iter_mut() {
         let stdin = c.stdin.as_mut().expect("stdin");
@@ -639,10 +689,12 @@ fn run_procs(a: &Args) -> Outcome {
     let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
     let (gen0, mach0) = (CpuSample::take_all(&pids), CpuSample::machine());
     let window_start = Instant::now();
+    let wall_start = worker::now_us();
     std::thread::sleep(
         (go + warm + Duration::from_secs_f64(a.duration)).saturating_duration_since(Instant::now()),
     );
     let cpu1 = CpuSample::take_all(&a.server_pid);
+    let wall_end = worker::now_us();
     perf.disable();
     let (gen1, mach1) = (CpuSample::take_all(&pids), CpuSample::machine());
     let idle_mem = mem_before.zip(a.server_pid.first().map(|&p| report::MemSample::take(p)));
@@ -694,6 +746,7 @@ fn run_procs(a: &Args) -> Outcome {
     if o.window_s <= 0.0 {
         o.window_s = sampled;
     }
+    o.window_wall_us = (wall_start, wall_end);
     o.server_cpu = cpu0.zip(cpu1).map(|(a, b)| b.minus(a));
     o.gen_cpu = gen0.zip(gen1).map(|(a, b)| b.minus(a));
     o.machine_cpu = mach0.zip(mach1).map(|(a, b)| b.minus(a));

@@ -2,10 +2,11 @@
 //! and memory samples from /proc, and the printed table / JSON.
 
 use crate::perf::{READS, Syscalls, WAITS, WRITES};
-use crate::worker::WorkerResult;
+use crate::worker::{Reach, WorkerResult};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 /// CPU time of a process, seconds.
 #[derive(Clone, Copy, Debug, Default)]
@@ -107,6 +108,9 @@ impl MemSample {
 pub struct Outcome {
     /// Measured window, seconds.
     pub window_s: f64,
+    /// The measured window on the wall clock (µs since the epoch), as
+    /// the process that reports saw it: which publishes `--reach` counts.
+    pub window_wall_us: (u64, u64),
     /// Operations in the window (echoes, deliveries, handshakes).
     pub ops: u64,
     /// Publishes acknowledged in the window.
@@ -154,6 +158,35 @@ pub struct Outcome {
     pub tls_full: u64,
     /// TLS: resumed handshakes completed over the whole run.
     pub tls_resumed: u64,
+    /// `--reach`: every publish of the run, (room, seq) → how far it got.
+    pub reach: BTreeMap<(usize, u64), Reach>,
+}
+
+/// `--reach` over the publishes sent inside the measured window.
+#[derive(Debug, Default, PartialEq)]
+pub struct ReachSummary {
+    /// Publishes sent inside the window.
+    pub publishes: u64,
+    /// Of those, how many did not reach every member of their room.
+    pub incomplete: u64,
+    /// Publish → last member, µs, of each complete publish in seq order.
+    pub times_us: Vec<u64>,
+}
+
+impl ReachSummary {
+    /// The `q` quantile (nearest rank) of the complete publishes' times.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let mut t = self.times_us.clone();
+        t.sort_unstable();
+        let rank = ((q * t.len() as f64).ceil() as usize).clamp(1, t.len().max(1));
+        t.get(rank - 1).copied()
+    }
+}
+
+fn add_reach(into: &mut BTreeMap<(usize, u64), Reach>, from: BTreeMap<(usize, u64), Reach>) {
+    for (k, r) in from {
+        into.entry(k).or_default().merge(r);
+    }
 }
 
 fn pct(h: &Option<Histogram<u64>>, q: f64) -> Option<u64> {
@@ -212,6 +245,7 @@ impl Outcome {
             o.setup_failures += r.setup_failures;
             o.drain_timeouts += u64::from(r.drain_timed_out);
             add_rooms(&mut o.rooms, &r.rooms);
+            add_reach(&mut o.reach, r.reach);
             if o.first_error.is_none() {
                 o.first_error = r.first_error;
             }
@@ -233,6 +267,7 @@ impl Outcome {
             o.missing += s.missing;
             o.out_of_order += s.out_of_order;
             add_rooms(&mut o.rooms, &s.rooms);
+            add_reach(&mut o.reach, s.reach);
             o.errors += s.errors;
             o.setup_failures += s.setup_failures;
             o.unacked += s.unacked;
@@ -259,10 +294,37 @@ impl Outcome {
         self.missing + tail
     }
 
+    /// `--reach`: the publishes sent inside the window, how long each
+    /// took to reach the last member of its room (`None` without
+    /// `--reach` data). A publish reached everybody when as many members
+    /// received it as the room has.
+    pub fn reach_summary(&self) -> Option<ReachSummary> {
+        if self.reach.is_empty() {
+            return None;
+        }
+        let (from, to) = self.window_wall_us;
+        let mut s = ReachSummary::default();
+        for (&(room, _), r) in &self.reach {
+            if r.sent_us < from || r.sent_us > to {
+                continue;
+            }
+            s.publishes += 1;
+            let members = self.rooms.get(room).map_or(0, |r| r.1);
+            if r.count == members {
+                s.times_us.push(r.last_us.saturating_sub(r.sent_us));
+            } else {
+                s.incomplete += 1;
+            }
+        }
+        Some(s)
+    }
+
     /// No errors, nothing missing or out of order, everything opened,
-    /// every publish acknowledged and the drain finished in time.
+    /// every publish acknowledged and the drain finished in time (and,
+    /// with `--reach`, every publish of the window reached every member).
     pub fn ok(&self) -> bool {
-        self.errors == 0
+        self.reach_summary().is_none_or(|r| r.incomplete == 0)
+            && self.errors == 0
             && self.total_missing() == 0
             && self.out_of_order == 0
             && self.setup_failures == 0
@@ -329,9 +391,24 @@ impl Outcome {
                    "slab_before_kib": a.slab_kib, "slab_after_kib": b.slab_kib,
                    "slab_per_conn_kib": (b.slab_kib as f64 - a.slab_kib as f64) / n})
         });
+        let reach = self.reach_summary().map(|r| {
+            json!({"publishes": r.publishes, "incomplete": r.incomplete,
+                   "p50": r.quantile(0.5), "p90": r.quantile(0.9),
+                   "min": r.times_us.iter().min(), "max": r.times_us.iter().max(),
+                   "times": r.times_us})
+        });
+        // Shards hand every publish to the parent, which merges them.
+        let reach_raw: Vec<[u64; 5]> = self
+            .reach
+            .iter()
+            .map(|(&(room, seq), r)| [room as u64, seq, r.sent_us, r.last_us, r.count])
+            .collect();
         json!({
             "args": args,
             "window_s": self.window_s,
+            "window_wall_us": [self.window_wall_us.0, self.window_wall_us.1],
+            "reach_us": reach,
+            "reach_raw": (!reach_raw.is_empty()).then_some(reach_raw),
             "ops": self.ops,
             "ops_per_s": self.rate(self.ops),
             "published": self.published,
@@ -401,6 +478,18 @@ impl Outcome {
             first_error: v["first_error"].as_str().map(String::from),
             tls_full: v["tls_handshakes"]["full"].as_u64().unwrap_or(0),
             tls_resumed: v["tls_handshakes"]["resumed"].as_u64().unwrap_or(0),
+            reach: serde_json::from_value::<Vec<[u64; 5]>>(v["reach_raw"].clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|[room, seq, sent_us, last_us, count]| {
+                    let r = Reach {
+                        sent_us,
+                        last_us,
+                        count,
+                    };
+                    ((room as usize, seq), r)
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -460,6 +549,19 @@ impl Outcome {
                     self.pct(0.99).unwrap_or(0),
                     self.pct(0.999).unwrap_or(0),
                     j["latency_us"]["max"]
+                ),
+            );
+        }
+        if let Some(r) = self.reach_summary() {
+            line(
+                "reach",
+                format!(
+                    "p50 {} µs  p90 {} µs  max {} µs  over {} publishes, {} incomplete  (publish → last member)",
+                    j["reach_us"]["p50"],
+                    j["reach_us"]["p90"],
+                    j["reach_us"]["max"],
+                    r.publishes,
+                    r.incomplete
                 ),
             );
         }
@@ -581,5 +683,60 @@ impl Outcome {
             },
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reach(sent_us: u64, last_us: u64, count: u64) -> Reach {
+        Reach {
+            sent_us,
+            last_us,
+            count,
+        }
+    }
+
+    #[test]
+    fn reach_counts_the_windows_publishes_merged_over_shards() {
+        // Two shards, each with half of a room of 4 members (3 + the publisher).
+        let mut a = Outcome {
+            rooms: vec![(3, 2, 6)],
+            ..Default::default()
+        };
+        a.reach.insert((0, 1), reach(1_000, 1_500, 2)); // before the window
+        a.reach.insert((0, 2), reach(10_000, 10_300, 2));
+        a.reach.insert((0, 3), reach(20_000, 20_100, 2));
+        let mut b = Outcome {
+            rooms: vec![(3, 2, 5)],
+            ..Default::default()
+        };
+        b.reach.insert((0, 2), reach(10_000, 10_900, 2));
+        b.reach.insert((0, 3), reach(20_000, 20_050, 1)); // one member short
+        let mut o = Outcome::merge(vec![a, b]);
+        o.window_wall_us = (5_000, 30_000);
+        let r = o.reach_summary().expect("reach data");
+        assert_eq!(r.publishes, 2);
+        assert_eq!(r.incomplete, 1);
+        // seq 2: sent at 10 000, the last of its 4 members read it at 10 900.
+        assert_eq!(r.times_us, vec![900]);
+        assert!(!o.ok());
+        // Through the JSON a shard hands to its parent, and back.
+        let back = Outcome::from_json(&o.to_json(&Value::Null));
+        assert_eq!(back.reach, o.reach);
+    }
+
+    #[test]
+    fn reach_quantiles_are_nearest_rank() {
+        let r = ReachSummary {
+            publishes: 5,
+            incomplete: 0,
+            times_us: vec![50, 10, 40, 20, 30],
+        };
+        assert_eq!(r.quantile(0.5), Some(30));
+        assert_eq!(r.quantile(0.9), Some(50));
+        assert_eq!(r.quantile(0.0), Some(10));
+        assert_eq!(ReachSummary::default().quantile(0.5), None);
     }
 }

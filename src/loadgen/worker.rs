@@ -21,6 +21,7 @@ use rustls::ClientConnection;
 use rustls::HandshakeKind;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -100,6 +101,30 @@ pub struct WorkerResult {
     pub setup_failures: u64,
     /// First error text, for the report.
     pub first_error: Option<String>,
+    /// Fan-out with `--reach`: per publish, how far it got (whole run).
+    pub reach: BTreeMap<(usize, u64), Reach>,
+}
+
+/// `--reach`: one publish as this worker's members saw it. Merged over
+/// workers and processes, `last_us - sent_us` is the time the publish
+/// took to reach every member, and `count` says whether it did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// When the publisher sent it (its `data.t`, wall clock µs).
+    pub sent_us: u64,
+    /// When the last of these members read it (wall clock µs).
+    pub last_us: u64,
+    /// Members that received it.
+    pub count: u64,
+}
+
+impl Reach {
+    /// Combines what two sets of members saw of the same publish.
+    pub fn merge(&mut self, other: Reach) {
+        self.sent_us = self.sent_us.max(other.sent_us);
+        self.last_us = self.last_us.max(other.last_us);
+        self.count += other.count;
+    }
 }
 
 /// This worker's share of the work.
@@ -128,6 +153,11 @@ pub struct Plan {
     pub rate_per_sender: f64,
     /// Fan-out: every publish carries a unique idempotency key.
     pub keys: bool,
+    /// Fan-out: record, per publish, when the last of this worker's
+    /// members received it (`--reach`).
+    pub reach: bool,
+    /// `--token`: sent as `?token=` on every `/ws` upgrade.
+    pub token: Option<String>,
     /// Number of rooms (fan-out).
     pub rooms: usize,
     /// Connection index offset (source address spreading).
@@ -738,8 +768,12 @@ impl Worker {
                 if c.stream.tcp.peer_addr().is_err() {
                     return; // not connected yet
                 }
+                let query = match &self.plan.token {
+                    Some(t) if c.path == "/ws" => format!("?token={t}"),
+                    _ => String::new(),
+                };
                 let req = format!(
-                    "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                    "GET {}{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                     c.path, self.plan.addrs[0].1
                 );
                 c.phase = Phase::Handshake {
@@ -1046,7 +1080,22 @@ impl Worker {
                     }
                     self.shared.ops.fetch_add(1, Ordering::Relaxed);
                     if let Some(i) = self.f.t.rfind(b) {
-                        self.record(parse_num(&b[i + 4..]));
+                        let sent = parse_num(&b[i + 4..]);
+                        self.record(sent);
+                        if self.plan.reach {
+                            // Every delivery, window or not: which
+                            // publishes count is decided at the end, by
+                            // their send time.
+                            self.result
+                                .reach
+                                .entry((room, seq))
+                                .or_default()
+                                .merge(Reach {
+                                    sent_us: sent,
+                                    last_us: self.now_cache,
+                                    count: 1,
+                                });
+                        }
                     }
                 } else if is_type(b, b"ack") {
                     let c = &mut self.conns[key];
@@ -1087,7 +1136,10 @@ impl Worker {
                     let msg =
                         format!("{{\"type\":\"join\",\"id\":\"j\",\"room\":\"bench-{room}\"}}");
                     self.send(key, msg);
-                } else if !is_type(b, b"joined") && !is_type(b, b"left") {
+                } else if is_type(b, b"joined") || is_type(b, b"left") || is_type(b, b"presence") {
+                    // Other users' membership and presence (an earlier
+                    // run's members going offline, say): not ours to judge.
+                } else {
                     self.error(format!(
                         "unexpected: {}",
                         String::from_utf8_lossy(&b[..b.len().min(200)])
