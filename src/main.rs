@@ -24,6 +24,9 @@ use tracing::{info, warn};
 /// through that Redis; CORECAST_CLUSTER__NODE names it (default: its listen
 /// address). An ack then means the message is in Redis memory. rediss://
 /// speaks TLS (CORECAST_CLUSTER__TLS_CA, __TLS_CERT, __TLS_KEY: PEM files).
+/// A Redis Cluster: CORECAST_CLUSTER__MODE=cluster with
+/// CORECAST_CLUSTER__REDIS listing seed nodes, comma-separated (sharded
+/// pub/sub; each room lives on the master that owns its slot).
 ///
 /// TLS on the port: CORECAST_TLS__CERT=chain.pem CORECAST_TLS__KEY=key.pem
 /// (or [tls] cert/key) serve wss:// and https:// on the listen address.
