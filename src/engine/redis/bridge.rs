@@ -118,6 +118,9 @@ pub struct Bridge {
     /// until then `/health` says down, or a broadcast or direct message
     /// sent at once would miss this node.
     base_subscribed: bool,
+    /// A command got a cluster redirection (it did not run): reconcile at
+    /// the next heartbeat.
+    redirected: bool,
     /// Redis confirmed the node channel's subscription (on a cluster it is
     /// on another master than the broadcast channel, as a rule).
     node_subscribed: bool,
@@ -209,6 +212,7 @@ pub fn spawn(
         probe_n: 0,
         base_subscribed: false,
         node_subscribed: false,
+        redirected: false,
         resubscribe_pending: false,
         stopping: false,
         values: Vec::new(),
@@ -1094,8 +1098,10 @@ impl Bridge {
                     debug!(error = ?e, "redis cluster redirection");
                     self.topology_wanted = true;
                     // What this node wrote may be missing in Redis now:
-                    // reconcile once the map is read and the queues drain.
-                    self.dropped = true;
+                    // reconcile at the next heartbeat with every master up
+                    // (not at once: during an election every command gets
+                    // CLUSTERDOWN, and reconciling on each would loop).
+                    self.redirected = true;
                     return self.failed.push(want);
                 }
                 _ => {}
@@ -1328,6 +1334,19 @@ impl Bridge {
     fn heartbeat(&mut self, now: u64) {
         if !self.route.single {
             self.topology_wanted = true;
+            let up = self
+                .shards
+                .iter()
+                .all(|s| s.retired || (s.cmd.ready() && s.fifo.len() < MAX_IN_FLIGHT / 2));
+            if self.redirected && up && self.mapped() {
+                self.redirected = false;
+                info!(
+                    node = self.keys.node(),
+                    "commands were redirected; reconciling"
+                );
+                let (mut io, rooms, users, _) = self.io(now);
+                nodes::reconcile(&mut io, rooms, users);
+            }
         }
         let (nodes, _) = self.keys.nodes();
         let channel = self.keys.node_channel(self.keys.node());
