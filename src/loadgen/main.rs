@@ -46,6 +46,7 @@
 mod perf;
 mod recovery;
 mod report;
+mod sock;
 mod worker;
 
 use clap::{Parser, ValueEnum};
