@@ -313,6 +313,16 @@ impl Bridge {
         self.route.single || !self.route.owner.is_empty()
     }
 
+    /// Whether Redis can take a reconcile now: the slot map is known and
+    /// every master is connected with its queue at most half full.
+    fn can_reconcile(&self) -> bool {
+        self.mapped()
+            && self
+                .shards
+                .iter()
+                .all(|s| s.retired || (s.cmd.ready() && s.fifo.len() < MAX_IN_FLIGHT / 2))
+    }
+
     /// The shard a channel is on.
     fn shard_of(&self, channel: &str) -> Option<usize> {
         self.route.shard_of(channel.as_bytes())
@@ -919,11 +929,7 @@ impl Bridge {
     fn heartbeat(&mut self, now: u64) {
         if !self.route.single {
             self.topology_wanted = true;
-            let up = self
-                .shards
-                .iter()
-                .all(|s| s.retired || (s.cmd.ready() && s.fifo.len() < MAX_IN_FLIGHT / 2));
-            if self.redirected && up && self.mapped() {
+            if self.redirected && self.can_reconcile() {
                 self.redirected = false;
                 info!(
                     node = self.keys.node(),
@@ -1002,11 +1008,7 @@ impl Bridge {
             }
             s.subs.clear();
         }
-        let drained = self
-            .shards
-            .iter()
-            .all(|s| s.retired || (s.cmd.ready() && s.fifo.len() < MAX_IN_FLIGHT / 2));
-        if self.dropped && drained && self.mapped() {
+        if self.dropped && self.can_reconcile() {
             // Commands were dropped while the queue was full: make Redis
             // match this node again.
             self.dropped = false;
